@@ -1,0 +1,164 @@
+"""Tiny random models of every architecture IGMU uses, for offline smoke runs and tests.
+
+Scores from these models mean nothing about real images; they exercise the real code paths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from igmu.detectors.clip_head import KNOWN_HEADS, build_head
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-level alphabet: every byte maps to a printable character."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def write_char_tokenizer_files(folder: Path) -> int:
+    """A CLIP BPE vocabulary with no merges: every byte is a token (with and without </w>)."""
+    alphabet = list(_bytes_to_unicode().values())
+    tokens = alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return len(vocab)
+
+
+def make_tiny_clip(folder: Path, seed: int = 0, projection_dim: int = 512) -> None:
+    import torch
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_size = write_char_tokenizer_files(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab_size - 2,
+            "eos_token_id": vocab_size - 1,
+            "pad_token_id": vocab_size - 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 224,
+            "patch_size": 32,
+        },
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        resample=3,
+        do_center_crop=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    model.save_pretrained(str(folder), safe_serialization=True)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(folder))
+
+
+def make_tiny_heads(folder: Path, seed: int = 0) -> dict[str, str]:
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for offset, name in enumerate(KNOWN_HEADS):
+        torch.manual_seed(seed + offset)
+        head = build_head(512)
+        path = folder / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(path))
+        paths[name] = str(path)
+    return paths
+
+
+def make_random_alexnet_features(path: Path, seed: int = 0) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from torch import nn
+
+    # torchvision's AlexNet `features` layout (the part LPIPS uses), randomly initialised.
+    torch.manual_seed(seed)
+    features = nn.Sequential(
+        nn.Conv2d(3, 64, 11, 4, 2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+    )
+    state = {f"features.{k}": v.contiguous() for k, v in features.state_dict().items()}
+    save_file(state, str(path))
+
+
+def make_tiny(folder: Path, igmu_heads: Path | None = None, seed: int = 0) -> Path:
+    """Write tiny models plus ``models.yaml`` pointing at them; returns the models file path."""
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    make_tiny_clip(folder / "clip", seed)
+    if igmu_heads is not None:
+        heads = {}
+        for name in KNOWN_HEADS:
+            candidate = igmu_heads.resolve() / f"{name}.pth"
+            if candidate.is_file():
+                heads[name] = str(candidate)
+    else:
+        heads = make_tiny_heads(folder / "heads", seed)
+    make_random_alexnet_features(folder / "alexnet_features.safetensors", seed)
+    models = {
+        "clip_detector": str(folder / "clip"),
+        "clip_score": str(folder / "clip"),
+        "fid": {"kind": "clip", "model": str(folder / "clip")},
+        "lpips": {"net": "alex", "backbone_weights": str(folder / "alexnet_features.safetensors")},
+        "heads": heads,
+        "person": {"kind": "hog"},
+    }
+    path = folder / "models.yaml"
+    header = (
+        "# Tiny RANDOM models written by `igmu models make-tiny`: for smoke runs and tests only.\n"
+        "# Their scores say nothing about real images. Replace each entry with real weights.\n"
+    )
+    path.write_text(header + yaml.safe_dump(models, sort_keys=False), encoding="utf-8")
+    return path

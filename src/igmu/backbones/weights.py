@@ -1,0 +1,61 @@
+"""Load weights without executing code: safetensors, or torch.load(weights_only=True)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from igmu.errors import ModelNotFoundError, UnsafeWeightsError
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """sha256 over a model folder's weight files (names + contents), stable across copies."""
+    files = sorted(
+        p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".pth", ".pt", ".onnx")
+    )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(sha256_of(path).encode())
+    return digest.hexdigest()
+
+
+def load_state_dict(path: str | Path, what: str) -> dict:
+    """A plain tensor state dict from .safetensors or a pickle that holds only tensors."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{what}: weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises several types for a bad header
+            raise UnsafeWeightsError(
+                f"{what}: {path} is not a valid safetensors file: {exc}"
+            ) from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise UnsafeWeightsError(
+                f"{what}: {path} is a pickle that would run code when loaded; refusing it. "
+                "Convert it to .safetensors or to a plain tensor state dict."
+            ) from None
+        raise UnsafeWeightsError(f"{what}: cannot read {path} as weights: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UnsafeWeightsError(f"{what}: {path} does not hold a plain tensor state dict")
+    return state

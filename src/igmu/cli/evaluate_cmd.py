@@ -1,0 +1,120 @@
+"""`igmu evaluate`: score every method's images across the IGMU aspects."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from igmu.backbones.config import load_models_config
+from igmu.evaluation.engine import EvaluationOptions, evaluate
+from igmu.tasks import load_task
+from igmu.tasks.igmu_json import with_igmu_prompts
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="score unlearned models' images (forgetting, fidelity, preservation, ...)",
+        description="Score each method's images against the original model's (ORG), paired by "
+        "key, never by file order. Writes metrics.csv, samples.csv and run.json into --out and "
+        "all records into the workspace store (SQLite).",
+    )
+    parser.add_argument("--task", required=True, help="built-in task name or task YAML path")
+    parser.add_argument(
+        "--images",
+        required=True,
+        type=Path,
+        help="IGMU layout folder (<concept>/ with forgot/, remove_word/, "
+        "unrelated/) or a JSONL manifest with --layout manifest",
+    )
+    parser.add_argument("--layout", choices=["igmu", "manifest"], default="igmu")
+    parser.add_argument("--out", required=True, type=Path, help="run folder to write")
+    parser.add_argument("--models", type=Path, help="models file (YAML); see `igmu models`")
+    parser.add_argument(
+        "--store", type=Path, help="SQLite store (default: igmu.sqlite beside the run folder)"
+    )
+    parser.add_argument(
+        "--reference-method",
+        default="ORG",
+        help="the original, un-unlearned model's method name (default ORG)",
+    )
+    parser.add_argument(
+        "--igmu-prompts",
+        type=Path,
+        help="folder with IGMU's forgot.json/retain.json the images were made "
+        "from (their i_j_k names index these prompts)",
+    )
+    parser.add_argument("--metrics", help="comma-separated metrics (default: the task's)")
+    parser.add_argument(
+        "--detectors",
+        help="comma-separated detectors (default: the task's), "
+        "e.g. clip_head:nudity,nudenet,opennsfw",
+    )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="score the intersection of keys and record what was left out",
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def run(args: argparse.Namespace) -> int:
+    task = load_task(args.task)
+    if args.igmu_prompts:
+        task = with_igmu_prompts(task, args.igmu_prompts)
+    models = load_models_config(args.models)
+    options = EvaluationOptions(
+        layout=args.layout,
+        reference_method=args.reference_method,
+        allow_missing=args.allow_missing,
+        metrics=_split(args.metrics),
+        detectors=_split(args.detectors),
+        batch_size=args.batch_size,
+        bootstrap_seed=args.seed,
+        store_path=args.store,
+        progress=not args.quiet,
+    )
+    result = evaluate(task, args.images, args.out, models, options)
+    print_table(result.results)
+    for line in result.left_out:
+        print(f"left out: {line}")
+    print(
+        f"run {result.run_id}: {args.out / 'metrics.csv'}, {args.out / 'samples.csv'}; "
+        f"store {result.store_path}"
+    )
+    return 0
+
+
+def _cell(value: float) -> str:
+    return "nan" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def print_table(results: list) -> None:
+    rows = [("method", "aspect", "metric", "value", "95% CI", "n", "")]
+    for r in results:
+        arrow = "higher=better" if r.higher_is_better else "lower=better"
+        rows.append(
+            (
+                r.method,
+                r.aspect,
+                r.metric,
+                _cell(r.value),
+                f"[{_cell(r.ci_low)}, {_cell(r.ci_high)}]",
+                str(r.n),
+                arrow,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    warned = [r for r in results if r.warning]
+    for r in warned:
+        print(f"warning: {r.method} {r.metric}: {r.warning}")

@@ -1,0 +1,46 @@
+"""`igmu`: evaluate image-generation unlearning. Run `igmu COMMAND --help` for details."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from igmu import __version__
+from igmu.cli import detect_cmd, evaluate_cmd, models_cmd, tasks_cmd
+from igmu.errors import IGMUError
+
+CONTENT_NOTE = (
+    "Content warning: tasks such as 'nudity' involve sexual content; reports blur such images."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="igmu",
+        description="Tell whether a concept was really unlearned from a text-to-image model, "
+        "and what the unlearning broke (CatIGMU tasks, EvalIGMU metrics, DataIGM data).",
+        epilog=CONTENT_NOTE,
+    )
+    parser.add_argument("--version", action="version", version=f"igmu {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for module in (tasks_cmd, evaluate_cmd, detect_cmd, models_cmd):
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except IGMUError as exc:
+        print(f"igmu: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("igmu: interrupted; finished work is cached, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

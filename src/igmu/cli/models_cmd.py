@@ -1,0 +1,50 @@
+"""`igmu models`: the models file, and tiny random models for offline smoke runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from igmu.backbones.config import DEFAULTS
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "models",
+        help="show the models file fields, or write tiny models",
+        description="Every network is configuration: a Hugging Face id (online or from the "
+        "local cache with HF_HUB_OFFLINE=1) or a local folder/file. Without a subcommand, "
+        "prints the default models file.",
+    )
+    sub = parser.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+    tiny = sub.add_parser(
+        "make-tiny",
+        help="write tiny random models of every architecture + DIR/models.yaml",
+        description="Write tiny RANDOM models (CLIP with a 512-d projection, IGMU heads, an "
+        "AlexNet for LPIPS) and DIR/models.yaml. For smoke runs: the numbers mean nothing.",
+    )
+    tiny.add_argument("dir", type=Path)
+    tiny.add_argument(
+        "--igmu-heads",
+        type=Path,
+        help="use the official IGMU head .pth files from this folder instead of random heads",
+    )
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=run_make_tiny)
+    parser.set_defaults(handler=run_show)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    print("# Default models file (copy, edit, pass with --models FILE)")
+    print(yaml.safe_dump(DEFAULTS, sort_keys=False).rstrip())
+    return 0
+
+
+def run_make_tiny(args: argparse.Namespace) -> int:
+    from igmu.backbones.tiny import make_tiny
+
+    path = make_tiny(args.dir, args.igmu_heads, args.seed)
+    print(f"wrote tiny random models and {path}")
+    return 0

@@ -1,0 +1,1 @@
+"""DataIGM: reading, importing and pairing image sets."""

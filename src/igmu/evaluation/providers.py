@@ -1,0 +1,81 @@
+"""Build each network once, lazily, from the models file (the only place names become models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from igmu.backbones.clip import ClipBackbone
+from igmu.backbones.config import ModelsConfig
+from igmu.detectors.base import build_detector, load_all
+from igmu.errors import ConfigError
+
+
+class Providers:
+    def __init__(self, models: ModelsConfig, task: Any, detectors: list[str] | None = None) -> None:
+        load_all()
+        self.models = models
+        self.task = task
+        self.detector_names = (
+            detectors if detectors is not None else list(task.guidance["detectors"])
+        )
+        self._built: dict[str, Any] = {}
+
+    def _once(self, key: str, build) -> Any:
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
+
+    def concept_detectors(self) -> list[Any]:
+        return [
+            self._once(f"detector:{n}", lambda n=n: self._detector(n)) for n in self.detector_names
+        ]
+
+    def _detector(self, name: str) -> Any:
+        if name == "clip_head":
+            if not self.task.igmu_key:
+                raise ConfigError(
+                    f"task {self.task.name!r} has no 'igmu.key' naming its detector head; "
+                    "pass --detectors clip_head:<head name>"
+                )
+            name = f"clip_head:{self.task.igmu_key}"
+        return build_detector(name, self.models)
+
+    def person(self) -> Any:
+        return self._once("person", lambda: build_detector("person", self.models))
+
+    def clip_score(self) -> ClipBackbone:
+        return self._once(
+            "clip_score",
+            lambda: ClipBackbone.from_reference(
+                self.models.get("clip_score"), "CLIP for CLIP score / CSDR", "clip_score"
+            ),
+        )
+
+    def fid(self) -> Any:
+        def build() -> Any:
+            config = self.models.get("fid")
+            if config.get("kind") == "clip":
+                model = config.get("model") or self.models.get("clip_detector")
+                return ClipBackbone.from_reference(
+                    model, "FID feature extractor (CLIP)", "fid.model"
+                )
+            from igmu.backbones.inception import InceptionBackbone
+
+            return InceptionBackbone(config.get("weights"))
+
+        return self._once("fid", build)
+
+    def lpips(self) -> Any:
+        def build() -> Any:
+            from igmu.backbones.lpips_net import LpipsBackbone
+
+            config = self.models.get("lpips")
+            return LpipsBackbone(config.get("net", "alex"), config.get("backbone_weights"))
+
+        return self._once("lpips", build)
+
+    def describe(self) -> dict[str, Any]:
+        described = {}
+        for key, provider in sorted(self._built.items()):
+            described[key] = provider.describe()
+        return described

@@ -1,0 +1,96 @@
+"""fid: Fréchet distance between a method's images and the original model's reference images.
+
+Whole-set metric (lower is better). On ``forget`` (attribute tasks) the reference is ORG on
+concept-stripped prompts: fidelity. On ``unrelated`` (entity tasks) it is ORG on the same
+prompts: preservation. The feature extractor (Inception or CLIP) is recorded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from igmu.metrics import functional as F
+from igmu.metrics.base import (
+    FID_SMALL_SAMPLE,
+    METRICS,
+    ImageNeed,
+    MetricResult,
+    Sample,
+    metric_name,
+    paired_aspect,
+    reference_pairs,
+)
+
+
+class Fid:
+    higher_is_better = False
+
+    def __init__(self, backbone: Any, task: Any, prompt_set: str, primary_set: str) -> None:
+        self.backbone = backbone
+        self.task = task
+        self.prompt_set = prompt_set
+        self.name = metric_name("fid", prompt_set, primary_set)
+        self.aspect = paired_aspect(task, prompt_set)
+
+    def _pairs(self, paired: Any, method: str):
+        return reference_pairs(paired, self.task, self.prompt_set, method)
+
+    def needs(self, paired: Any) -> list[ImageNeed]:
+        return [
+            ImageNeed(self.backbone, rec)
+            for method in paired.methods
+            for pair in self._pairs(paired, method)
+            for rec in pair
+        ]
+
+    def compute(self, ctx: Any) -> list[MetricResult]:
+        results = []
+        for method in ctx.paired.methods:
+            pairs = self._pairs(ctx.paired, method)
+            if len(pairs) < 2:
+                continue
+            refs = np.stack([ctx.embedding(self.backbone, ref) for ref, _ in pairs])
+            own = np.stack([ctx.embedding(self.backbone, rec) for _, rec in pairs])
+            value = F.frechet_distance(refs, own)
+            low, high = F.bootstrap_frechet_interval(refs, own, min(ctx.resamples, 200), ctx.seed)
+            n = len(pairs)
+            warning = ""
+            if n < FID_SMALL_SAMPLE:
+                warning = (
+                    f"FID on n={n} images per set is strongly biased upward and not comparable "
+                    f"across sample sizes (use >= {FID_SMALL_SAMPLE})"
+                )
+            samples = [
+                Sample(method, rec, float("nan"), {"whole_set": True, "reference": ref.path})
+                for ref, rec in pairs
+            ]
+            results.append(
+                MetricResult(
+                    self.name,
+                    self.aspect,
+                    False,
+                    method,
+                    value,
+                    low,
+                    high,
+                    n,
+                    samples,
+                    whole_set=True,
+                    warning=warning,
+                )
+            )
+        return results
+
+
+def primary_set(task: Any) -> str:
+    return "forget" if task.reference == "stripped" else "unrelated"
+
+
+@METRICS.register("fid")
+def build(task: Any, providers: Any, paired: Any) -> list[Fid]:
+    prompt_set = primary_set(task)
+    if not any(reference_pairs(paired, task, prompt_set, m) for m in paired.methods):
+        return []
+    return [Fid(providers.fid(), task, prompt_set, prompt_set)]

@@ -1,0 +1,131 @@
+"""Pure maths behind the metrics; each function is tested against a reference implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg, stats
+
+CONFIDENCE = 0.95
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples).
+
+    Tr sqrt(S_a S_b) equals the nuclear norm of A^T B / sqrt((n_a-1)(n_b-1)) for centred data
+    matrices A, B, so when there are fewer samples than dimensions we never form the d x d
+    matrix square root; otherwise we use scipy's sqrtm as in the standard FID code.
+    """
+    a = np.asarray(features_a, dtype=np.float64)
+    b = np.asarray(features_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets must be (n, d) with equal d, got {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("the Fréchet distance needs at least 2 samples per set")
+    mean_term = float(np.sum((a.mean(0) - b.mean(0)) ** 2))
+    centred_a, centred_b = a - a.mean(0), b - b.mean(0)
+    scale_a, scale_b = len(a) - 1, len(b) - 1
+    trace_a = float(np.sum(centred_a**2) / scale_a)
+    trace_b = float(np.sum(centred_b**2) / scale_b)
+    dim = a.shape[1]
+    if min(len(a), len(b)) <= dim:
+        cross = centred_a @ centred_b.T / np.sqrt(scale_a * scale_b)
+        trace_sqrt = float(np.linalg.svd(cross, compute_uv=False).sum())
+    else:
+        cov_a = centred_a.T @ centred_a / scale_a
+        cov_b = centred_b.T @ centred_b / scale_b
+        root = linalg.sqrtm(cov_a @ cov_b)
+        if np.iscomplexobj(root):
+            root = root.real
+        trace_sqrt = float(np.trace(root))
+    return max(mean_term + trace_a + trace_b - 2.0 * trace_sqrt, 0.0)
+
+
+def clip_score(image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
+    """CLIP score per row: 100 * max(cos(image, text), 0), as in torchmetrics and IGMU."""
+    img = np.asarray(image_embeds, dtype=np.float64)
+    txt = np.asarray(text_embeds, dtype=np.float64)
+    img = img / np.linalg.norm(img, axis=1, keepdims=True)
+    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    return 100.0 * np.clip(np.sum(img * txt, axis=1), 0.0, None)
+
+
+def csdr(reference_scores: np.ndarray, method_scores: np.ndarray) -> np.ndarray:
+    """CLIP Score Difference Rate per image, in percent; NaN where the reference score is 0."""
+    ref = np.asarray(reference_scores, dtype=np.float64)
+    own = np.asarray(method_scores, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.abs(ref - own) / ref * 100.0
+    return np.where(ref > 0, rate, np.nan)
+
+
+def wilson_interval(successes: int, total: int) -> tuple[float, float]:
+    if total == 0:
+        return (float("nan"), float("nan"))
+    ci = stats.binomtest(int(successes), int(total)).proportion_ci(CONFIDENCE, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def bootstrap_mean_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (scipy); a constant sample gives a zero-width CI."""
+    data = np.asarray(values, dtype=np.float64)
+    if len(data) == 0:
+        return (float("nan"), float("nan"))
+    if len(data) == 1 or np.ptp(data) == 0:
+        return float(data.mean()), float(data.mean())
+    result = stats.bootstrap(
+        (data,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    mean = float(data.mean())
+    return min(low, mean), max(high, mean)
+
+
+def mean_of_group_means(values: np.ndarray, groups: np.ndarray) -> float:
+    keys = np.unique(groups)
+    return float(np.mean([values[groups == k].mean() for k in keys]))
+
+
+def bootstrap_group_mean_interval(
+    values: np.ndarray, groups: np.ndarray, resamples: int, seed: int
+) -> tuple[float, float]:
+    """CI of the mean of per-group means, resampling within each group (stratified)."""
+    values = np.asarray(values, dtype=np.float64)
+    groups = np.asarray(groups)
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    point = mean_of_group_means(values, groups)
+    if np.ptp(values) == 0:
+        return point, point
+    rng = np.random.default_rng(seed)
+    members = [values[groups == k] for k in np.unique(groups)]
+    draws = np.empty(resamples)
+    for r in range(resamples):
+        draws[r] = np.mean([m[rng.integers(0, len(m), len(m))].mean() for m in members])
+    low, high = np.quantile(draws, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return min(float(low), point), max(float(high), point)
+
+
+def bootstrap_frechet_interval(
+    features_a: np.ndarray, features_b: np.ndarray, resamples: int, seed: int
+) -> tuple[float, float]:
+    """Bias-centred percentile bootstrap CI for a Fréchet distance.
+
+    Resampling with replacement inflates FID (duplicates shrink the covariance), so the raw
+    percentile interval often misses the estimate; we centre the bootstrap distribution on the
+    point estimate (subtract the bootstrap bias) before taking percentiles.
+    """
+    point = frechet_distance(features_a, features_b)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(resamples)
+    for r in range(resamples):
+        ia = rng.integers(0, len(features_a), len(features_a))
+        ib = rng.integers(0, len(features_b), len(features_b))
+        draws[r] = frechet_distance(features_a[ia], features_b[ib])
+    bias = draws.mean() - point
+    low, high = np.quantile(draws - bias, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return max(min(float(low), point), 0.0), max(float(high), point)

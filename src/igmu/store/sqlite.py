@@ -1,0 +1,201 @@
+"""One SQLite file per workspace. Caches commit per batch; a run's results commit at once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, task TEXT NOT NULL, task_version INTEGER NOT NULL,
+    run_dir TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL,
+    spec_json TEXT NOT NULL, fingerprints_json TEXT NOT NULL, left_out_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id TEXT NOT NULL, method TEXT NOT NULL, metric TEXT NOT NULL, aspect TEXT NOT NULL,
+    prompt_set TEXT NOT NULL, class_name TEXT NOT NULL, prompt_index INTEGER NOT NULL,
+    seed INTEGER NOT NULL, prompt TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL,
+    value REAL, extra_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, method, metric, prompt_set, class_name, prompt_index, seed)
+);
+CREATE TABLE IF NOT EXISTS aggregates (
+    run_id TEXT NOT NULL, method TEXT NOT NULL, metric TEXT NOT NULL, aspect TEXT NOT NULL,
+    value REAL, ci_low REAL, ci_high REAL, n INTEGER NOT NULL, higher_is_better INTEGER NOT NULL,
+    whole_set INTEGER NOT NULL, warning TEXT NOT NULL,
+    PRIMARY KEY (run_id, method, metric)
+);
+CREATE TABLE IF NOT EXISTS features (
+    backbone TEXT NOT NULL, sha256 TEXT NOT NULL, vector BLOB NOT NULL,
+    PRIMARY KEY (backbone, sha256)
+);
+CREATE TABLE IF NOT EXISTS detections (
+    detector TEXT NOT NULL, sha256 TEXT NOT NULL, payload TEXT NOT NULL,
+    PRIMARY KEY (detector, sha256)
+);
+CREATE TABLE IF NOT EXISTS pair_scores (
+    metric TEXT NOT NULL, sha_a TEXT NOT NULL, sha_b TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (metric, sha_a, sha_b)
+);
+"""
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- caches (commit per batch so an interrupted run keeps its work) ---
+    def get_features(self, backbone: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        found = {}
+        for key in set(keys):
+            row = self.db.execute(
+                "SELECT vector FROM features WHERE backbone=? AND sha256=?", (backbone, key)
+            ).fetchone()
+            if row is not None:
+                found[key] = np.frombuffer(row[0], dtype=np.float64)
+        return found
+
+    def put_features(self, backbone: str, vectors: dict[str, np.ndarray]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO features VALUES (?, ?, ?)",
+            [(backbone, k, np.asarray(v, dtype=np.float64).tobytes()) for k, v in vectors.items()],
+        )
+        self.db.commit()
+
+    def get_detections(self, detector: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        found = {}
+        for key in set(keys):
+            row = self.db.execute(
+                "SELECT payload FROM detections WHERE detector=? AND sha256=?", (detector, key)
+            ).fetchone()
+            if row is not None:
+                found[key] = json.loads(row[0])
+        return found
+
+    def put_detections(self, detector: str, payloads: dict[str, dict[str, Any]]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO detections VALUES (?, ?, ?)",
+            [(detector, k, json.dumps(v, sort_keys=True)) for k, v in payloads.items()],
+        )
+        self.db.commit()
+
+    def get_pair_scores(
+        self, metric: str, pairs: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], float]:
+        found = {}
+        for a, b in set(pairs):
+            row = self.db.execute(
+                "SELECT value FROM pair_scores WHERE metric=? AND sha_a=? AND sha_b=?",
+                (metric, a, b),
+            ).fetchone()
+            if row is not None:
+                found[(a, b)] = float(row[0])
+        return found
+
+    def put_pair_scores(self, metric: str, values: dict[tuple[str, str], float]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO pair_scores VALUES (?, ?, ?, ?)",
+            [(metric, a, b, float(v)) for (a, b), v in values.items()],
+        )
+        self.db.commit()
+
+    # --- results (one transaction: a killed run leaves the previous state intact) ---
+    def write_run(
+        self,
+        run_id: str,
+        task: str,
+        task_version: int,
+        run_dir: str,
+        spec: dict[str, Any],
+        fingerprints: dict[str, Any],
+        left_out: list[str],
+        samples: list[tuple],
+        aggregates: list[tuple],
+    ) -> None:
+        now = time.time()
+        with self.db:
+            self.db.execute("DELETE FROM samples WHERE run_id=?", (run_id,))
+            self.db.execute("DELETE FROM aggregates WHERE run_id=?", (run_id,))
+            self.db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE "
+                "SET run_dir=excluded.run_dir, finished_at=excluded.finished_at",
+                (
+                    run_id,
+                    task,
+                    task_version,
+                    run_dir,
+                    now,
+                    now,
+                    json.dumps(spec, sort_keys=True),
+                    json.dumps(fingerprints, sort_keys=True),
+                    json.dumps(left_out),
+                ),
+            )
+            self.db.executemany(
+                "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, *row) for row in samples],
+            )
+            self.db.executemany(
+                "INSERT INTO aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, *row) for row in aggregates],
+            )
+
+    def counts(self) -> dict[str, int]:
+        tables = ("runs", "samples", "aggregates", "features", "detections", "pair_scores")
+        return {t: self.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT run_id, task, task_version, run_dir, spec_json, fingerprints_json, "
+            "left_out_json FROM runs WHERE run_id=?",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "run_id": row[0],
+            "task": row[1],
+            "task_version": row[2],
+            "run_dir": row[3],
+            "spec": json.loads(row[4]),
+            "fingerprints": json.loads(row[5]),
+            "left_out": json.loads(row[6]),
+        }
+
+    def aggregates(self, run_id: str) -> list[dict[str, Any]]:
+        cursor = self.db.execute(
+            "SELECT method, metric, aspect, value, ci_low, ci_high, n, higher_is_better, "
+            "whole_set, warning FROM aggregates WHERE run_id=? ORDER BY method, aspect, metric",
+            (run_id,),
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def samples(self, run_id: str) -> list[dict[str, Any]]:
+        cursor = self.db.execute(
+            "SELECT method, metric, aspect, prompt_set, class_name, prompt_index, seed, prompt, "
+            "path, sha256, value, extra_json FROM samples WHERE run_id=? "
+            "ORDER BY method, metric, prompt_set, class_name, prompt_index, seed",
+            (run_id,),
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
