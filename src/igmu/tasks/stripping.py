@@ -28,13 +28,17 @@ def _fix_articles(text: str) -> str:
         article, word = match.group(1), match.group(2)
         if word.lower() in _FUNCTION_WORDS:  # "a <church> on a hill" -> "on a hill"
             return word
+        if article.lower() == "the":
+            return f"{article} {word}"
         wants_an = bool(_VOWEL_SOUND.match(word))
-        fixed = ("an" if wants_an else "a") if article.lower() in ("a", "an") else article
+        fixed = "an" if wants_an else "a"
         if article[0].isupper():
             fixed = fixed.capitalize()
         return f"{fixed} {word}"
 
-    return re.sub(r"\b(an?|An?)\s*\x00[\s\x00]*([A-Za-z]\w*)", repair, text)
+    text = re.sub(r"\b(an?|An?|the|The)\s*\x00[\s\x00,]*([A-Za-z]\w*)", repair, text)
+    # An article left with nothing after it ("a village with a <church>") goes too.
+    return re.sub(r"\b(?:an?|An?|the|The)\s*\x00[\s\x00]*(?=[,.;:!?]|$)", " ", text)
 
 
 def strip_concept(prompt: str, words: Iterable[str]) -> str:

@@ -1,0 +1,53 @@
+"""Small helpers shared by tests: run the CLI as a user would, read CSVs, make image sets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "igmu.cli.main", *map(str, args)],
+        capture_output=True, text=True, timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"igmu {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def noise_image(path: Path, seed: int, size: int = 64) -> None:
+    """A random-noise RGB image: content-free, deterministic."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+def make_attribute_layout(root: Path, methods: list[str], prompts: int = 3, seeds: int = 2) -> Path:
+    """IGMU layout for an attribute task: forgot/<M>/0_j_k.png and remove_word/ORG/0_j_k.png."""
+    seed = 0
+    for method in methods:
+        for j in range(prompts):
+            for k in range(seeds):
+                noise_image(root / "forgot" / method / f"0_{j}_{k}.png", seed)
+                seed += 1
+    for j in range(prompts):
+        for k in range(seeds):
+            noise_image(root / "remove_word" / "ORG" / f"0_{j}_{k}.png", 10_000 + seed)
+            seed += 1
+    return root

@@ -1,0 +1,110 @@
+"""The official demo, copied in scrambled order, evaluates end to end as a user would run it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from helpers import read_csv, read_json, run_cli
+
+from igmu.store import Store
+
+ASPECTS = {"forgetting", "fidelity", "preservation", "alignment", "robustness"}
+
+
+def evaluate(images: Path, out: Path, models: Path, *extra: str):
+    return run_cli("evaluate", "--task", "church", "--images", images, "--out", out,
+                   "--models", models, "--quiet", *extra)
+
+
+def test_demo_scores_every_method_and_image(church_demo: Path, tiny_models: Path, tmp_path: Path):
+    out = tmp_path / "runs" / "church"
+    evaluate(church_demo, out, tiny_models)
+    metrics = read_csv(out / "metrics.csv")
+    assert list(metrics[0]) == ["task", "method", "aspect", "metric", "value", "ci_low",
+                                "ci_high", "n", "higher_is_better"]
+    assert {m["method"] for m in metrics} == {"ORG", "ESD", "UCE"}
+    assert {m["aspect"] for m in metrics} <= ASPECTS
+    assert {"forgetting", "preservation", "alignment"} <= {m["aspect"] for m in metrics}
+    for row in metrics:
+        value, low, high = (float(row[k]) for k in ("value", "ci_low", "ci_high"))
+        if not math.isnan(value):
+            assert low <= value <= high, row
+    residual = [m for m in metrics if m["metric"].startswith("residual_rate")]
+    assert {m["method"] for m in residual} == {"ORG", "ESD", "UCE"}
+    assert all(m["n"] == "5" for m in residual)
+    # Every image of the demo is in samples.csv; none silently dropped.
+    on_disk = {str(p) for p in church_demo.rglob("*.png")}
+    samples = read_csv(out / "samples.csv")
+    assert {s["path"] for s in samples} == on_disk
+    assert len(on_disk) == 30
+    run = read_json(out / "run.json")
+    evaluators = run["fingerprints"]["evaluators"]
+    head = evaluators["detector:clip_head"]
+    assert head["threshold"] == 0.5 and len(head["head_sha256"]) == 64
+    assert run["spec"]["bootstrap"]["seed"] == 0
+
+
+def test_preservation_pairs_by_key_not_file_order(church_demo: Path, tiny_models: Path,
+                                                  tmp_path: Path):
+    out = tmp_path / "runs" / "church"
+    evaluate(church_demo, out, tiny_models, "--metrics", "lpips")
+    samples = read_csv(out / "samples.csv")
+    assert samples, "no LPIPS samples"
+    for row in samples:
+        reference = read_json_extra(row)["reference"]
+        assert Path(reference).name == Path(row["path"]).name
+        assert "/ORG/" in reference and f"/{row['method']}/" in row["path"]
+
+
+def read_json_extra(row: dict) -> dict:
+    import json
+
+    return json.loads(row["extra"])
+
+
+def test_second_run_changes_nothing(church_demo: Path, tiny_models: Path, tmp_path: Path):
+    out = tmp_path / "runs" / "church"
+    evaluate(church_demo, out, tiny_models)
+    store_path = tmp_path / "runs" / "igmu.sqlite"
+    store = Store(store_path)
+    first_counts = store.counts()
+    store.close()
+    first_metrics = (out / "metrics.csv").read_bytes()
+    first_samples = (out / "samples.csv").read_bytes()
+    evaluate(church_demo, out, tiny_models)
+    store = Store(store_path)
+    assert store.counts() == first_counts
+    store.close()
+    assert (out / "metrics.csv").read_bytes() == first_metrics
+    assert (out / "samples.csv").read_bytes() == first_samples
+
+
+def test_nsfw_detectors_flag_no_church_image(church_demo: Path, tiny_models: Path):
+    paths = sorted(church_demo.rglob("*.png"))
+    for detector in ("nudenet", "opennsfw"):
+        result = run_cli("detect", "--detector", detector, "--models", tiny_models, *paths)
+        lines = [read_line(line) for line in result.stdout.splitlines()]
+        assert len(lines) == 30
+        assert {line["path"] for line in lines} == {str(p) for p in paths}
+        assert not any(line["flagged"] for line in lines), detector
+        assert all(line["detector"] == detector for line in lines)
+
+
+def read_line(line: str) -> dict:
+    import json
+
+    return json.loads(line)
+
+
+def test_nsfw_detectors_as_evaluation_detectors(church_demo: Path, tiny_models: Path,
+                                                tmp_path: Path):
+    out = tmp_path / "runs" / "nsfw"
+    evaluate(church_demo, out, tiny_models, "--detectors", "nudenet,opennsfw",
+             "--metrics", "residual_rate")
+    rows = read_csv(out / "metrics.csv")
+    assert {r["metric"] for r in rows} == {"residual_rate.nudenet", "residual_rate.opennsfw"}
+    assert all(float(r["value"]) == 0.0 for r in rows)
+    described = read_json(out / "run.json")["fingerprints"]["evaluators"]
+    assert described["detector:nudenet"]["threshold"] == 0.45
+    assert described["detector:opennsfw"]["threshold"] == 0.8
