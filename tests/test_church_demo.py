@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 from helpers import read_csv, read_json, run_cli
-
 from igmu.store import Store
 
 ASPECTS = {"forgetting", "fidelity", "preservation", "alignment", "robustness"}

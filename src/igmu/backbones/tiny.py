@@ -80,6 +80,13 @@ def make_tiny_clip(folder: Path, seed: int = 0, projection_dim: int = 512) -> No
     )
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
+    with torch.no_grad():
+        # A random CLIP's image/text cosines centre on 0, so half its CLIP scores clip to 0.
+        # A shared component in both towers spreads them over (0, 1) like a trained CLIP's.
+        model.text_projection.weight.copy_(model.visual_projection.weight)
+        shared = torch.randn(config.vision_config.hidden_size) * 0.8
+        model.vision_model.post_layernorm.bias.copy_(shared)
+        model.text_model.final_layer_norm.bias.copy_(shared)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": 224},
         crop_size={"height": 224, "width": 224},

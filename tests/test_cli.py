@@ -1,0 +1,75 @@
+"""The `igmu` command as a user runs it: help everywhere, the task tree, tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import read_csv, run_cli
+
+COMMANDS = [[], ["tasks"], ["tasks", "show"], ["evaluate"], ["detect"], ["models"],
+            ["models", "make-tiny"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "igmu")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run_cli(*command, "--help")
+    assert result.stdout.startswith("usage: igmu")
+
+
+def test_tasks_tree_lists_families_kinds_and_tasks() -> None:
+    out = run_cli("tasks").stdout
+    for text in ("nsfw", "style", "object", "identity", "[attribute]", "[entity]",
+                 "- nudity", "- van_gogh", "- church", "- parachute"):
+        assert text in out
+    assert out.index("nsfw.attribute") < out.index("- nudity") < out.index("style.attribute")
+
+
+def test_tasks_show_prints_place_guidance_and_sets() -> None:
+    out = run_cli("tasks", "show", "nudity").stdout
+    assert "CatIGMU: nsfw -> nsfw.attribute -> nudity" in out
+    assert "reference: stripped" in out and "subject_retention: person" in out
+    for name in ("forget", "stripped", "related", "multilingual", "paraphrase"):
+        assert f"  {name}: " in out
+    assert "derived from forget" in out
+
+
+def test_task_override_wins_over_inherited_guidance(tmp_path: Path) -> None:
+    from igmu.tasks import load_task
+
+    path = tmp_path / "dog.yaml"
+    path.write_text(yaml.safe_dump({
+        "schema": "igmu.task/1", "name": "dog", "version": 2, "title": "Erase dogs",
+        "node": "object.entity", "concept": {"name": "dog", "words": ["dogs", "dog"]},
+        "guidance": {"detectors": ["nudenet"]},
+        "prompt_sets": {"forget": {"classes": {"dog": ["a dog in a park"]}},
+                        "unrelated": {"classes": {"cat": ["a cat in a park"]}}},
+    }))
+    task = load_task(str(path))
+    assert task.guidance["detectors"] == ["nudenet"]
+    assert task.guidance["reference"] == "unrelated"  # inherited from object.entity
+    assert task.prompt_set("stripped").classes == (("dog", ("in a park",)),)
+
+
+def test_make_tiny_writes_loadable_models(tmp_path: Path) -> None:
+    result = run_cli("models", "make-tiny", tmp_path / "tiny")
+    models = yaml.safe_load((tmp_path / "tiny" / "models.yaml").read_text())
+    assert "models.yaml" in result.stdout
+    assert set(models["heads"]) == {"nudity", "object_church", "object_parachute",
+                                    "style_vangogh"}
+    assert Path(models["clip_detector"], "config.json").is_file()
+
+
+def test_igmu_prompt_json_import(church_demo: Path, tiny_models: Path, shared_igmu: Path,
+                                 tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_cli("evaluate", "--task", "church", "--images", church_demo, "--out", out,
+            "--models", tiny_models, "--igmu-prompts", shared_igmu / "prompts",
+            "--metrics", "clip_score", "--quiet")
+    import json
+
+    official = json.loads((shared_igmu / "prompts" / "retain.json").read_text())
+    airplane = official["object_church"]["Airplane"][0]
+    assert {row["prompt"] for row in read_csv(out / "samples.csv")} == {airplane}
