@@ -289,11 +289,6 @@ def test_palette_png_with_transparent_entry_composites_on_white(tmp_path: Path) 
     assert pixels.tolist() == [[[255, 255, 255], [0, 255, 0], [10, 20, 30]]]
 
 
-@pytest.mark.xfail(
-    reason="images.py _to_rgb composites on white only for RGBA/LA/PA and P+transparency; an "
-    "RGB or L PNG with a tRNS colour key keeps the 'transparent' colour a viewer never shows",
-    strict=True,
-)
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_colour_keyed_transparency_composites_on_white(tmp_path: Path, mode: str) -> None:
     if mode == "RGB":
@@ -591,11 +586,6 @@ def test_pickle_without_tensors_is_refused(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
-@pytest.mark.xfail(
-    reason="weights.py load_state_dict treats every 'Weights only load failed' error as a "
-    "pickle that would run code, so a corrupt/garbage .pth gets the wrong diagnosis",
-    strict=True,
-)
 def test_garbage_pth_is_not_called_code(tmp_path: Path) -> None:
     path = tmp_path / "head.pth"
     path.write_bytes(b"garbage garbage garbage garbage")

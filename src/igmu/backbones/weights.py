@@ -47,8 +47,9 @@ def load_state_dict(path: str | Path, what: str) -> dict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        text = str(exc).lower()
+        # torch's safe unpickler names the global it refused; plain corruption names none.
+        if "global" in text and ("unsupported" in text or "not allowed" in text):
             raise UnsafeWeightsError(
                 f"{what}: {path} is a pickle that would run code when loaded; refusing it. "
                 "Convert it to .safetensors or to a plain tensor state dict."

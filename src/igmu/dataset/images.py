@@ -46,7 +46,7 @@ def _to_rgb(image: Image.Image, path: str) -> np.ndarray:
         array = np.asarray(image, dtype=np.float64)
         gray = np.clip(np.rint(array * (255.0 if array.max() <= 1.0 else 1.0)), 0, 255)
         return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+    if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         # Composite on white: what a viewer sees, and never reveals hidden masked pixels as-is.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
