@@ -155,6 +155,11 @@ def read_manifest(path: Path, task: Task) -> list[ImageRecord]:
                     f"{where}: field 'prompt_set' is {values['prompt_set']!r}."
                     f"{did_you_mean(str(values['prompt_set']), list(PROMPT_SET_KINDS))}"
                 )
+            if values["prompt_set"] not in task.prompt_sets:
+                raise ConfigError(
+                    f"{where}: field 'prompt_set' is {values['prompt_set']!r}, which task "
+                    f"{task.name!r} does not define (it has: {', '.join(task.prompt_sets)})"
+                )
             image_path = Path(str(values["path"]))
             if not image_path.is_absolute():
                 image_path = path.parent / image_path

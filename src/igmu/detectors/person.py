@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,12 @@ from igmu.backbones.config import ModelsConfig
 from igmu.backbones.weights import load_state_dict, sha256_of
 from igmu.detectors.base import DETECTORS, Verdict
 from igmu.detectors.nudenet_v3 import _dist_version
-from igmu.errors import ConfigError, MissingExtraError, ModelNotFoundError
+from igmu.errors import (
+    ConfigError,
+    MissingExtraError,
+    ModelNotFoundError,
+    UnsafeWeightsError,
+)
 
 
 class HogPersonDetector:
@@ -82,54 +88,133 @@ class HogPersonDetector:
         }
 
 
+# ultralytics probes the network when imported (a DNS look-up for its "online" flag, then
+# version checks, telemetry and pip auto-installs); none of that may happen here.
+_ULTRALYTICS_OFFLINE_ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false"}
+
+
+def _import_ultralytics() -> tuple[Any, Any, Any, Any]:
+    """DetectionModel, LetterBox, scale_boxes and non_max_suppression, offline."""
+    import os
+
+    for key, value in _ULTRALYTICS_OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    from ultralytics.data.augment import LetterBox
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.ops import scale_boxes
+
+    try:  # ultralytics >= 8.3.x moved NMS out of ops
+        from ultralytics.utils.nms import non_max_suppression
+    except ImportError:
+        from ultralytics.utils.ops import non_max_suppression
+    return DetectionModel, LetterBox, scale_boxes, non_max_suppression
+
+
 class YoloPersonDetector:
-    """COCO class 0 boxes from an ultralytics YOLO detection model, as IGMU counts persons."""
+    """COCO class 0 boxes from an ultralytics YOLO detection model, as IGMU counts persons.
+
+    Mirrors ``YOLO(weights).predict(image, conf=conf, iou=iou)`` one image at a time: the
+    predictor's letterbox (long side to ``imgsz``, aspect kept, grey 114 padding to the smallest
+    stride multiple), RGB in [0, 1], fused Conv+BN, and ultralytics' own NMS. Only a
+    ``.safetensors`` state dict is loaded, into a ``DetectionModel`` built from an architecture
+    YAML shipped with ultralytics (e.g. ``yolov8n.yaml``); pickled ``.pt`` checkpoints are refused.
+    """
 
     name = "person_yolo"
+    person_class = 0  # COCO "person"
 
-    def __init__(self, arch: str, weights: str, conf: float, iou: float) -> None:
+    def __init__(
+        self, arch: str, weights: str | None, conf: float, iou: float, imgsz: int = 640
+    ) -> None:
         try:
             import torch
-            from ultralytics.nn.tasks import DetectionModel
-            from ultralytics.utils.nms import non_max_suppression
+
+            DetectionModel, LetterBox, scale_boxes, nms = _import_ultralytics()
         except ImportError:
             raise MissingExtraError("The YOLO person detector", "yolo", "ultralytics") from None
+        if not isinstance(arch, str) or not arch.endswith((".yaml", ".yml")) or "://" in arch:
+            raise ConfigError(
+                f"person detector yolo: field 'person.arch' must name an architecture YAML such "
+                f"as 'yolov8n.yaml' (shipped with ultralytics) or a local .yaml file, got {arch!r}"
+            )
         if not weights:
             raise ModelNotFoundError(
                 "person detector yolo: models field 'person.weights' must name a .safetensors "
                 "state dict of the YOLO detection model (pickled .pt files are refused)"
             )
+        if Path(weights).suffix != ".safetensors":
+            raise UnsafeWeightsError(
+                f"person detector yolo: {weights} is not a .safetensors file; pickled YOLO "
+                "checkpoints (.pt) would run code when loaded and are refused. Convert it once, "
+                "on a machine you trust: YOLO('yolov8n.pt').model.float().state_dict() -> "
+                "safetensors.torch.save_file(...)"
+            )
+        for name, value in (("conf", conf), ("iou", iou)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ConfigError(
+                    f"person detector yolo: field 'person.{name}' must be a number in [0, 1], "
+                    f"got {value!r}"
+                )
         state = load_state_dict(weights, "YOLO person detector (models field 'person.weights')")
-        self.model = DetectionModel(arch, verbose=False)
-        self.model.load_state_dict(state)
-        self.model.eval()
+        try:
+            model = DetectionModel(arch, verbose=False)
+        except FileNotFoundError as exc:
+            raise ModelNotFoundError(
+                f"person detector yolo: architecture {arch!r} not found: {exc}"
+            ) from None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelNotFoundError(
+                f"person detector yolo: {weights} does not fit architecture {arch!r}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+        self.model = model.float().eval().fuse(verbose=False)  # as ultralytics' AutoBackend
+        self.stride = max(int(self.model.stride.max()), 32)
+        self._letterbox = LetterBox(imgsz, auto=True, stride=self.stride)
+        self._scale_boxes = scale_boxes
+        self._nms = nms
         self._torch = torch
-        self._nms = non_max_suppression
-        self.conf, self.iou = float(conf), float(iou)
+        self.conf, self.iou, self.imgsz = float(conf), float(iou), int(imgsz)
         self.arch = arch
         self.weights_sha256 = sha256_of(weights)
         self.version = _dist_version("ultralytics")
-        self.model_fingerprint = f"yolo:{arch}:{self.weights_sha256[:16]}"
+        # conf and iou shape the raw boxes (NMS), so they key the cache too.
+        self.model_fingerprint = (
+            f"yolo:{arch}:{self.weights_sha256[:16]}:{self.imgsz}:{self.conf:g}:{self.iou:g}"
+        )
+
+    def _preprocess(self, image: np.ndarray) -> Any:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"YOLO person detector expects RGB images, got shape {image.shape}")
+        boxed = self._letterbox(image=np.ascontiguousarray(image))
+        tensor = self._torch.from_numpy(np.ascontiguousarray(boxed)).permute(2, 0, 1)[None]
+        return tensor.float().div_(255)  # RGB already (the predictor flips its BGR input)
 
     def analyse(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         torch = self._torch
-        import torch.nn.functional as F
-
         outputs = []
         for image in images:
-            tensor = (
-                torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
-            )
-            tensor = F.interpolate(tensor, size=(640, 640), mode="bilinear", align_corners=False)
+            tensor = self._preprocess(image)
             with torch.inference_mode():
                 pred = self.model(tensor)
-            boxes = self._nms(pred, self.conf, self.iou, classes=[0])[0]
-            outputs.append({"scores": [float(v) for v in boxes[:, 4].tolist()]})
+            if isinstance(pred, list | tuple):  # eval mode: (decoded boxes, raw head maps)
+                pred = pred[0]
+            det = self._nms(pred, self.conf, self.iou, classes=[self.person_class])[0]
+            boxes = det[:, :4].clone()
+            if len(boxes):
+                boxes = self._scale_boxes(tensor.shape[2:], boxes, image.shape[:2])
+            outputs.append(
+                {
+                    "scores": [round(float(v), 6) for v in det[:, 4].tolist()],
+                    "boxes": [[round(float(v), 2) for v in box] for box in boxes.tolist()],
+                }
+            )
         return outputs
 
     def verdict(self, raw: dict[str, Any]) -> Verdict:
-        score = max(raw["scores"], default=0.0)
-        return Verdict(bool(raw["scores"]), float(score), {"boxes": len(raw["scores"])})
+        scores = [s for s in raw["scores"] if s >= self.conf]
+        return Verdict(bool(scores), float(max(scores, default=0.0)), {"boxes": len(scores)})
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -137,6 +222,7 @@ class YoloPersonDetector:
             "kind": f"ultralytics {self.arch}, COCO class 0",
             "version": self.version,
             "weights_sha256": self.weights_sha256,
+            "imgsz": self.imgsz,
             "conf": self.conf,
             "iou": self.iou,
         }
@@ -158,10 +244,22 @@ def build_person(models: ModelsConfig, variant: str | None, overrides: dict[str,
         settings.update(overrides)
         return HogPersonDetector(settings["threshold"], settings["max_side"])
     if kind == "yolo":
-        settings = {"arch": "yolov8n.yaml", "weights": None, "conf": 0.5, "iou": 0.6}
+        settings = {"arch": "yolov8n.yaml", "weights": None, "conf": 0.5, "iou": 0.6, "imgsz": 640}
+        unknown = set(config) - set(settings)
+        if unknown:
+            raise ConfigError(
+                f"{models.source}: unknown field 'person.{sorted(unknown)[0]}' for yolo"
+            )
         settings.update(config)
+        overrides = dict(overrides)
+        if "threshold" in overrides:  # `igmu detect person --threshold` sets the box confidence
+            overrides["conf"] = overrides.pop("threshold")
         settings.update(overrides)
         return YoloPersonDetector(
-            settings["arch"], settings["weights"], settings["conf"], settings["iou"]
+            settings["arch"],
+            settings["weights"],
+            settings["conf"],
+            settings["iou"],
+            settings["imgsz"],
         )
     raise ConfigError(f"person detector kind must be 'hog' or 'yolo', got {kind!r}")

@@ -73,6 +73,10 @@ def pair_images(
         have = set(reference.get("stripped", {}))
         missing = sorted(forget_keys - have)
         if missing and not reference.get("stripped"):
+            left_out.append(
+                f"fidelity and alignment of {task.name!r}: no {reference_method} images on "
+                "stripped prompts, so nothing to compare forget images with"
+            )
             problems.append(
                 f"task {task.name!r} is attribute-like: its reference is {reference_method} on "
                 f"the concept-stripped prompts (folder remove_word/{reference_method}/), "

@@ -14,15 +14,20 @@ from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, TextNeed
 from igmu.metrics.fid import primary_set
 
 
-def scored_text(paired: Any, task: Any, record: Any) -> str | None:
+def stripped_reference(paired: Any, record: Any) -> Any:
+    """ORG's image on the concept-stripped prompt with the same key, if there is one."""
+    if record.key.prompt_set != "forget":
+        return None
+    return paired.images[paired.reference_method].get("stripped", {}).get(
+        replace(record.key, prompt_set="stripped")
+    )
+
+
+def scored_text(paired: Any, task: Any, record: Any) -> str:
     """The text an image is scored against: its stripped prompt on forget, else its prompt."""
     if record.key.prompt_set != "forget":
         return record.prompt
-    ref = (
-        paired.images[paired.reference_method]
-        .get("stripped", {})
-        .get(replace(record.key, prompt_set="stripped"))
-    )
+    ref = stripped_reference(paired, record)
     if ref is not None:
         return ref.prompt
     from igmu.tasks.stripping import strip_concept
@@ -60,11 +65,12 @@ class ClipScore:
             samples = []
             for rec in ctx.paired.records(method, self.prompt_set):
                 text = scored_text(ctx.paired, self.task, rec)
-                samples.append(
-                    Sample(
-                        method, rec, image_text_score(ctx, self.backbone, rec, text), {"text": text}
-                    )
-                )
+                extra = {"text": text}
+                ref = stripped_reference(ctx.paired, rec)
+                if ref is not None:
+                    extra["reference"] = ref.path
+                score = image_text_score(ctx, self.backbone, rec, text)
+                samples.append(Sample(method, rec, score, extra))
             if samples:
                 results.append(
                     mean_result(

@@ -1,0 +1,1 @@
+"""Self-contained HTML (and Markdown) reports built only from the results store."""

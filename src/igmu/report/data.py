@@ -1,0 +1,118 @@
+"""Everything a report shows, read from a run folder's run.json and the store it names."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from igmu.errors import ConfigError
+from igmu.metrics.base import ASPECTS
+from igmu.store import Store
+
+
+@dataclass
+class Aggregate:
+    method: str
+    metric: str
+    aspect: str
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    higher_is_better: bool
+    whole_set: bool
+    warning: str
+
+    @property
+    def finite(self) -> bool:
+        return self.value is not None and math.isfinite(self.value)
+
+
+@dataclass
+class ReportData:
+    run_dir: Path
+    run_id: str
+    task: str
+    spec: dict[str, Any]
+    fingerprints: dict[str, Any]
+    catigmu: dict[str, Any]
+    left_out: list[str]
+    aggregates: list[Aggregate]
+    samples: list[dict[str, Any]]
+
+    @property
+    def reference_method(self) -> str:
+        return str(self.spec.get("reference_method", "ORG"))
+
+    @property
+    def methods(self) -> list[str]:
+        found = {a.method for a in self.aggregates} | {s["method"] for s in self.samples}
+        ref = self.reference_method
+        return [ref] * (ref in found) + sorted(found - {ref})
+
+    @property
+    def sensitive(self) -> bool:
+        return bool(self.catigmu.get("guidance", {}).get("sensitive_content", False))
+
+    def metrics(self) -> list[tuple[str, str, bool]]:
+        """(aspect, metric, higher_is_better) columns in aspect order."""
+        seen = {(a.aspect, a.metric, a.higher_is_better) for a in self.aggregates}
+        return sorted(seen, key=lambda c: (ASPECTS.index(c[0]), c[1]))
+
+    def aggregate(self, method: str, metric: str) -> Aggregate | None:
+        for a in self.aggregates:
+            if a.method == method and a.metric == metric:
+                return a
+        return None
+
+
+def load_report_data(run_dir: Path) -> ReportData:
+    run_file = run_dir / "run.json"
+    if not run_file.is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no run.json); run `igmu evaluate` first")
+    try:
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+        run_id, store_path = run["run_id"], Path(run["store"])
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ConfigError(f"{run_file}: unreadable run file ({exc})") from None
+    if not store_path.is_file():
+        raise ConfigError(f"{run_file}: its store {store_path} does not exist")
+    store = Store(store_path)
+    try:
+        stored = store.run(run_id)
+        if stored is None:
+            raise ConfigError(f"{store_path}: has no run {run_id} (named by {run_file})")
+        aggregates = [
+            Aggregate(
+                a["method"],
+                a["metric"],
+                a["aspect"],
+                a["value"],
+                a["ci_low"],
+                a["ci_high"],
+                int(a["n"]),
+                bool(a["higher_is_better"]),
+                bool(a["whole_set"]),
+                a["warning"],
+            )
+            for a in store.aggregates(run_id)
+        ]
+        samples = store.samples(run_id)
+    finally:
+        store.close()
+    for sample in samples:
+        sample["extra"] = json.loads(sample.pop("extra_json") or "{}")
+    return ReportData(
+        run_dir=run_dir,
+        run_id=run_id,
+        task=stored["task"],
+        spec=stored["spec"],
+        fingerprints=stored["fingerprints"],
+        catigmu=run.get("catigmu", {}),
+        left_out=stored["left_out"],
+        aggregates=aggregates,
+        samples=samples,
+    )
