@@ -31,10 +31,15 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def noise_image(path: Path, seed: int, size: int = 64) -> None:
-    """A random-noise RGB image: content-free, deterministic."""
+def noise_image(path: Path, seed: int, size: int = 64, smooth: bool = False) -> None:
+    """A random RGB image: content-free, deterministic; smooth = upsampled low-frequency noise,
+    which compresses like a generated picture."""
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if smooth:
+        small = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        small.resize((size, size), Image.BICUBIC).save(path)
+        return
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
 
 

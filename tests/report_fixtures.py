@@ -16,13 +16,13 @@ INJECTIONS = [
 
 def write_manifest(root: Path, methods: list[str], forget: list[str], unrelated: list[str],
                    seeds: int = 2, size: int = 64, prompt_set: str = "forget",
-                   class_name: str = "church") -> Path:
+                   class_name: str = "church", smooth: bool = False) -> Path:
     rows, counter = [], 0
     for method in methods:
         for j, prompt in enumerate(forget):
             for k in range(seeds):
                 path = root / method / f"{prompt_set}_{j}_{k}.png"
-                noise_image(path, counter, size)
+                noise_image(path, counter, size, smooth)
                 counter += 1
                 rows.append({"method": method, "prompt_set": prompt_set, "class_name": class_name,
                              "prompt_index": j, "seed": k, "prompt": prompt,
@@ -31,7 +31,7 @@ def write_manifest(root: Path, methods: list[str], forget: list[str], unrelated:
             for k in range(seeds):
                 path = root / method / f"unrelated_{j}_{k}.png"
                 noise_image(path, 5000 + j * 10 + k + (counter if method != "ORG" else 0) % 3,
-                            size)
+                            size, smooth)
                 counter += 1
                 rows.append({"method": method, "prompt_set": "unrelated", "class_name": "cat",
                              "prompt_index": j, "seed": k, "prompt": prompt,
@@ -44,10 +44,11 @@ def write_manifest(root: Path, methods: list[str], forget: list[str], unrelated:
 def evaluated_run(
     tmp_path: Path, models: Path, task: str = "church",
     methods: tuple[str, ...] = ("ORG", "ESD", "UCE"), prompts: list[str] | None = None,
-    seeds: int = 2,
+    seeds: int = 2, size: int = 64, smooth: bool = False,
 ) -> Path:
     manifest = write_manifest(tmp_path / "images", list(methods), prompts or INJECTIONS,
-                              ["a cat on a sofa", "a cat in the grass"], seeds)
+                              ["a cat on a sofa", "a cat in the grass"], seeds, size,
+                              smooth=smooth)
     out = tmp_path / "runs" / "run"
     run_cli("evaluate", "--task", task, "--images", manifest, "--layout", "manifest",
             "--out", out, "--models", models, "--quiet")

@@ -150,3 +150,14 @@ def test_nsfw_reports_blur_by_default(tmp_path: Path, tiny_models: Path) -> None
 def test_report_of_missing_run_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("report", tmp_path, check=False)
     assert result.returncode != 0 and "run.json" in result.stderr
+
+
+def test_hundred_image_report_stays_small(tmp_path: Path, tiny_models: Path) -> None:
+    prompts = [f"a church number {i} on a hill" for i in range(16)]
+    run = evaluated_run(tmp_path, tiny_models, prompts=prompts, seeds=2, size=512, smooth=True)
+    samples = (run / "samples.csv").read_text().count("\n")
+    assert samples > 100
+    result = run_cli("report", run)
+    size = (run / "report.html").stat().st_size
+    assert size <= 15e6, f"{size / 1e6:.1f} MB"
+    assert "wrote" in result.stdout

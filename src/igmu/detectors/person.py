@@ -155,6 +155,11 @@ class YoloPersonDetector:
                     f"person detector yolo: field 'person.{name}' must be a number in [0, 1], "
                     f"got {value!r}"
                 )
+        if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
+            raise ConfigError(
+                f"person detector yolo: field 'person.imgsz' must be a positive multiple of 32, "
+                f"got {imgsz!r}"
+            )
         state = load_state_dict(weights, "YOLO person detector (models field 'person.weights')")
         try:
             model = DetectionModel(arch, verbose=False)
