@@ -194,9 +194,17 @@ class NaiveStats:
     decodes: int = 0
     image_forwards: dict[str, int] = field(default_factory=dict)
     text_forwards: int = 0
+    text_seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, in order
+    _clock: float = field(default_factory=time.perf_counter)
 
     def forward(self, what: str, n: int = 1) -> None:
         self.image_forwards[what] = self.image_forwards.get(what, 0) + n
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = now - self._clock
+        self._clock = now
 
 
 def read_pil(path: str, stats: NaiveStats) -> np.ndarray:
@@ -254,6 +262,7 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
     seed = 0
     primary = primary_set(task)
     values: dict[tuple[str, str], float] = {}
+    stats.lap("load networks, list images")
 
     # residual_rate: detector CLIP + head, one image at a time.
     name = f"residual_rate.{detector.name}"
@@ -265,10 +274,13 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
             flags.append(_Sample(float(detector.verdict(raw).flagged), rec))
         if flags:
             values[(name, method)] = rate_result(name, "forgetting", False, method, flags).value
+    stats.lap("residual_rate")
 
     def image_text(path: str, text: str) -> float:
         image = score_clip.image_embeddings([read_pil(path, stats)])
+        start = time.perf_counter()
         words = score_clip.text_embeddings([text])
+        stats.text_seconds += time.perf_counter() - start
         stats.forward("clip(score)")
         stats.text_forwards += 1
         return float(F.clip_score(image, words)[0])
@@ -282,6 +294,7 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
         if samples:
             result = mean_result("clip_score", "alignment", True, method, samples, resamples, seed)
             values[("clip_score", method)] = result.value
+    stats.lap("clip_score")
 
     # csdr: the reference and the method image re-encoded for every pair.
     for method in paired.methods:
@@ -293,6 +306,7 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
         if samples:
             result = mean_result("csdr", "alignment", False, method, samples, resamples, seed)
             values[("csdr", method)] = result.value
+    stats.lap("csdr")
 
     # fid: features of both sets recomputed per method, one image at a time.
     for method in paired.methods:
@@ -307,6 +321,7 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
         refs_arr, own_arr = np.stack(refs), np.stack(own)
         values[("fid", method)] = F.frechet_distance(refs_arr, own_arr)
         F.bootstrap_frechet_interval(refs_arr, own_arr, min(resamples, 200), seed)
+    stats.lap("fid")
 
     # lpips: the official loop, one pair per forward.
     for method in paired.methods:
@@ -325,6 +340,7 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
             "lpips", "preservation", False, method, samples, resamples, seed, groups=groups
         )
         values[("lpips", method)] = result.value
+    stats.lap("lpips")
     return values
 
 
@@ -423,8 +439,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=2,
-        help="interleaved repeats of cold/warm/naive; the best wall time is reported (2)",
+        default=1,
+        help="interleaved repeats of cold/warm/naive; the best wall time is reported (1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and images")
     parser.add_argument(
@@ -469,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     from igmu.tasks import load_task
 
     task = load_task(TASK)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="igmu-bench-") as tmp:
         work = args.workdir.resolve() if args.workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -488,14 +505,15 @@ def main(argv: list[str] | None = None) -> int:
         warmup, _ = run_engine(task, warm_images, work / "warmup-runs" / TASK, models)
 
         runs: dict[str, list[Timing]] = {"cold": [], "warm": [], "naive": []}
+        naive_stats: list[NaiveStats] = []
         for repeat in range(args.repeats):  # interleaved, so background load hits all alike
             run_dir = work / "runs" / f"r{repeat}" / TASK  # a fresh store each repeat
             timing, cold = run_engine(task, images, run_dir, models)
             runs["cold"].append(timing)
             timing, warm = run_engine(task, images, run_dir, models)
             runs["warm"].append(timing)
-            stats = NaiveStats()
-            timing, naive = timed(lambda s=stats: naive_pipeline(task, images, models, s))
+            naive_stats.append(NaiveStats())
+            timing, naive = timed(lambda s=naive_stats[-1]: naive_pipeline(task, images, models, s))
             runs["naive"].append(timing)
         profile = (
             profile_cold(task, images, work / "runs" / "profile" / TASK, models, args.profile_top)
@@ -503,12 +521,20 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
 
+    load_after = os.getloadavg()[0]
     print("# igmu evaluation throughput (real-size random networks, offline)")
     print(
         f"machine: {platform.machine()} cpu_count={os.cpu_count()} "
         f"torch_threads={torch.get_num_threads()} torch={torch.__version__} "
-        f"transformers={transformers.__version__} python={platform.python_version()}"
+        f"transformers={transformers.__version__} python={platform.python_version()}; "
+        f"1-min load average {load_before:.1f} at start, {load_after:.1f} at end"
     )
+    cpus = os.cpu_count() or 1
+    if load_before > 0.5 * cpus or load_after > 1.5 * cpus:  # this process alone adds ~cpus
+        print(
+            "WARNING: other processes share the CPUs; wall times are inflated and noisy "
+            "(use --repeats 3 on a quiet machine for stable numbers)"
+        )
     print(
         f"models: CLIP ViT-B/32 (CLIPConfig() defaults, 224px/32, proj 512, "
         f"{sizes['clip_params'] / 1e6:.1f}M params) for clip_head:{task.igmu_key}, clip_score/"
@@ -536,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     best = {name: min(timings, key=lambda t: t.wall) for name, timings in runs.items()}
+    stats = naive_stats[runs["naive"].index(best["naive"])]
     rows = [
         ("igmu cold (empty store)", best["cold"], cold.decoded_images),
         ("igmu warm (cached store)", best["warm"], warm.decoded_images),
@@ -560,6 +587,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio igmu {name} / naive (images/s): {wall:.2f}x  (by CPU time: {cpu:.2f}x)")
     forwards = ", ".join(f"{k}={v}" for k, v in sorted(stats.image_forwards.items()))
     print(f"naive network calls: {forwards}, clip(text)={stats.text_forwards}")
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.seconds.items())
+    print(f"naive seconds by stage: {stages}")
+    print(
+        f"naive seconds in the CLIP text tower: {stats.text_seconds:.1f} (the char-level test "
+        "tokenizer gives prompts ~3-4x the tokens of CLIP's BPE, so this part is inflated)"
+    )
     checked, worst, problems = compare(engine_values(cold), naive)
     status = "same values" if not problems else "MISMATCH"
     print(

@@ -54,9 +54,17 @@ def build_run(root: Path, images: int, size: int) -> Path:
             path = root / "images" / method / f"{prompt_set}_{class_name}_{index}_{seed}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             smooth_image(rng, size).save(path)
-            rows.append({"method": method, "prompt_set": prompt_set, "class_name": class_name,
-                         "prompt_index": index, "seed": seed, "prompt": prompt,
-                         "path": str(path)})
+            rows.append(
+                {
+                    "method": method,
+                    "prompt_set": prompt_set,
+                    "class_name": class_name,
+                    "prompt_index": index,
+                    "seed": seed,
+                    "prompt": prompt,
+                    "path": str(path),
+                }
+            )
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     models = load_models_config(make_tiny(root / "tiny"))
@@ -70,16 +78,25 @@ def render_time(html: Path, chromium: str, repeats: int) -> list[float]:
 
     times = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = pw.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         for _ in range(repeats):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             start = time.perf_counter()
             page.goto(html.resolve().as_uri(), wait_until="load")
             page.wait_for_function(
                 "Array.from(document.querySelectorAll('img[data-img]'))"
-                ".every(i => i.complete && i.naturalWidth > 0)")
+                ".every(i => i.complete && i.naturalWidth > 0)"
+            )
             times.append(time.perf_counter() - start)
             page.close()
         browser.close()
@@ -110,9 +127,11 @@ def main() -> int:
             print(f"render time: skipped, no chromium at {args.chromium}")
             return 0
         times = render_time(path, args.chromium, args.repeats)
-        print("render time in Chromium (load + all images decoded): "
-              + ", ".join(f"{t:.2f} s" for t in times)
-              + f"; best {min(times):.2f} s (target <= 3 s)")
+        print(
+            "render time in Chromium (load + all images decoded): "
+            + ", ".join(f"{t:.2f} s" for t in times)
+            + f"; best {min(times):.2f} s (target <= 3 s)"
+        )
     return 0
 
 

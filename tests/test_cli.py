@@ -73,3 +73,30 @@ def test_igmu_prompt_json_import(church_demo: Path, tiny_models: Path, shared_ig
     official = json.loads((shared_igmu / "prompts" / "retain.json").read_text())
     airplane = official["object_church"]["Airplane"][0]
     assert {row["prompt"] for row in read_csv(out / "samples.csv")} == {airplane}
+
+
+def test_missing_model_is_one_clear_error(church_demo: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text("clip_detector: ./no-such-clip\nheads: {object_church: ./h.pth}\n")
+    result = run_cli("evaluate", "--task", "church", "--images", church_demo, "--out",
+                     tmp_path / "run", "--models", models, "--quiet", check=False)
+    assert result.returncode == 2
+    assert "no-such-clip" in result.stderr and "clip_detector" in result.stderr
+    assert "Traceback" not in result.stderr
+    # A hub id with no network and no local cache: says what to provide.
+    models.write_text("clip_detector: nobody/no-such-model\nheads: {object_church: ./h.pth}\n")
+    result = run_cli("evaluate", "--task", "church", "--images", church_demo, "--out",
+                     tmp_path / "run", "--models", models, "--metrics", "residual_rate",
+                     "--quiet", check=False)
+    assert result.returncode == 2
+    assert "nobody/no-such-model" in result.stderr and "local directory" in result.stderr
+
+
+def test_device_must_exist(church_demo: Path, tiny_models: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the error path needs a CPU-only machine")
+    result = run_cli("evaluate", "--task", "church", "--images", church_demo, "--out",
+                     tmp_path / "run", "--models", tiny_models, "--device", "cuda", check=False)
+    assert result.returncode == 2 and "CUDA is not available" in result.stderr

@@ -6,27 +6,30 @@ crafted so class-0 scores spread over (0, 1): no hub, no pickled checkpoint.
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 
-# ultralytics resolves two DNS names at import unless told it is offline.
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-pytest.importorskip("ultralytics")
+from igmu.backbones.config import load_models_config
+from igmu.backbones.weights import sha256_of
+from igmu.detectors.base import build_detector
+from igmu.detectors.person import YoloPersonDetector, _import_ultralytics
+from igmu.errors import ConfigError, ModelNotFoundError, UnsafeWeightsError
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-from igmu.backbones.config import load_models_config  # noqa: E402
-from igmu.backbones.weights import sha256_of  # noqa: E402
-from igmu.detectors.base import build_detector  # noqa: E402
-from igmu.detectors.person import YoloPersonDetector  # noqa: E402
-from igmu.errors import ConfigError, ModelNotFoundError, UnsafeWeightsError  # noqa: E402
+# Import ultralytics the detector's way before anything else does: offline (no DNS probe at
+# import), with its process-wide patches (PIL.Image.open, torch.save, ...) undone, so the rest
+# of the suite runs as without it. Equivalent to pytest.importorskip("ultralytics") otherwise.
+try:
+    _import_ultralytics()
+except ImportError:
+    pytest.importorskip("ultralytics")
+    raise
 
 
 def _crafted_state() -> dict[str, torch.Tensor]:
@@ -74,9 +77,9 @@ def yolo_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, di
 def _images() -> list[np.ndarray]:
     """A square 512 image (-> 640x640) and a wide one (-> letterboxed 384x640), RGB uint8."""
     rng = np.random.default_rng(0)
-    square = np.full((512, 512, 3), 200, np.uint8)
+    square = np.full((512, 512, 3), 60, np.uint8)
     square[100:400, 180:330] = rng.integers(0, 256, (300, 150, 3), dtype=np.uint8)
-    wide = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    wide = rng.integers(0, 256, (290, 500, 3), dtype=np.uint8)
     return [square, wide]
 
 
@@ -128,9 +131,11 @@ def test_letterbox_matches_predictor(yolo_files) -> None:
     tensor = detector._preprocess(square)
     assert tuple(tensor.shape) == (1, 3, 640, 640) and tensor.dtype == torch.float32
     assert float(tensor.min()) >= 0 and float(tensor.max()) <= 1
-    tensor = detector._preprocess(wide)  # 500x300 -> 640x384: aspect kept, grey stride padding
+    tensor = detector._preprocess(wide)  # 500x290 -> 640x371, grey-padded to a stride multiple
     assert tuple(tensor.shape) == (1, 3, 384, 640)
-    assert torch.allclose(tensor[0, :, 0, :], torch.tensor(114 / 255))
+    grey = torch.tensor(114 / 255)
+    assert torch.allclose(tensor[0, :, :6, :], grey) and torch.allclose(tensor[0, :, -7:, :], grey)
+    assert not torch.allclose(tensor[0, :, 6, :], grey)
 
 
 @pytest.mark.parametrize("conf", [0.001, 0.5])
@@ -152,8 +157,15 @@ def test_faithful_to_ultralytics_predict(yolo_files, conf: float) -> None:
         if conf < 0.5:
             assert len(expected) > 10  # a real NMS workload, not an empty comparison
         np.testing.assert_allclose(raw["scores"], expected, atol=1e-3)
-        if expected:
-            np.testing.assert_allclose(raw["boxes"], result.boxes.xyxy.tolist(), atol=0.05)
+        # boxes rank by score: compare those whose rank no float noise can swap
+        gaps = np.abs(np.diff(expected, prepend=np.inf, append=-np.inf))
+        distinct = np.minimum(gaps[:-1], gaps[1:]) > 1e-4
+        assert distinct[: min(5, len(expected))].all()
+        np.testing.assert_allclose(
+            np.asarray(raw["boxes"]).reshape(-1, 4)[distinct],
+            result.boxes.xyxy.numpy()[distinct],
+            atol=0.05,
+        )
 
 
 def test_pickled_checkpoints_are_refused(yolo_files, tmp_path: Path) -> None:
@@ -186,8 +198,18 @@ def test_bad_settings(yolo_files, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         YoloPersonDetector("yolov8n.yaml", str(weights), 1.5, 0.6)
     typo = tmp_path / "models.yaml"
-    typo.write_text(
-        f"person: {{kind: yolo, weights: {weights}, thresh: 0.3}}\n", encoding="utf-8"
-    )
+    typo.write_text(f"person: {{kind: yolo, weights: {weights}, thresh: 0.3}}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="person.thresh"):
         build_detector("person", load_models_config(typo))
+
+
+def test_ultralytics_patches_are_undone(yolo_files) -> None:
+    """ultralytics patches PIL.Image.open; a non-image must still raise PIL's own error."""
+    from PIL import Image, UnidentifiedImageError
+
+    models, _, _ = yolo_files
+    build_detector("person", load_models_config(models))
+    assert Image.open.__module__ == "PIL.Image"
+    assert torch.save.__module__ == "torch.serialization"
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(b"not an image at all"))

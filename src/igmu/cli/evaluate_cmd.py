@@ -58,6 +58,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for CLIP, LPIPS and Inception: cpu (default), cuda, cuda:N",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -81,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap_seed=args.seed,
         store_path=args.store,
         progress=not args.quiet,
+        device=args.device,
     )
     result = evaluate(task, args.images, args.out, models, options)
     print_table(result.results)

@@ -153,10 +153,12 @@ def build_clip_head(models: ModelsConfig, variant: str | None, overrides: dict[s
             "detector 'clip_head' needs a head name, e.g. clip_head:nudity "
             f"(official heads: {', '.join(KNOWN_HEADS)})"
         )
+    overrides = dict(overrides)
+    device = overrides.pop("device", "cpu")
     settings = detector_settings(models, "clip_head", {"threshold": 0.5})
     settings.update(overrides)
     path, concept_index = resolve_head(models, variant)
     backbone = ClipBackbone.from_reference(
-        models.get("clip_detector"), "CLIP for detector heads", "clip_detector"
+        models.get("clip_detector"), "CLIP for detector heads", "clip_detector", device
     )
     return ClipHeadDetector(backbone, variant, path, concept_index, settings["threshold"])

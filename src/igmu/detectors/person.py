@@ -91,22 +91,50 @@ class HogPersonDetector:
 # ultralytics probes the network when imported (a DNS look-up for its "online" flag, then
 # version checks, telemetry and pip auto-installs); none of that may happen here.
 _ULTRALYTICS_OFFLINE_ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false"}
+_PRINT_FIELDS = ("precision", "threshold", "edgeitems", "linewidth", "sci_mode")
 
 
 def _import_ultralytics() -> tuple[Any, Any, Any, Any]:
-    """DetectionModel, LetterBox, scale_boxes and non_max_suppression, offline."""
+    """DetectionModel, LetterBox, scale_boxes and non_max_suppression, offline and contained.
+
+    Importing ultralytics also patches the process: ``PIL.Image.open`` (an unreadable file then
+    triggers a pip install of pi-heif and an ImportError instead of PIL's own error, which the
+    image decoder relies on), ``torch.save``, numpy/torch print options and OpenCV's thread
+    count. Those are put back: this detector needs none of them.
+    """
     import os
+    import sys
+
+    import cv2
+    import torch
+    from PIL import Image
 
     for key, value in _ULTRALYTICS_OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    first = "ultralytics" not in sys.modules
+    saved = (
+        np.get_printoptions(),
+        {k: getattr(torch._tensor_str.PRINT_OPTS, k) for k in _PRINT_FIELDS},
+        cv2.getNumThreads(),
+    )
     from ultralytics.data.augment import LetterBox
     from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import patches
     from ultralytics.utils.ops import scale_boxes
 
     try:  # ultralytics >= 8.3.x moved NMS out of ops
         from ultralytics.utils.nms import non_max_suppression
     except ImportError:
         from ultralytics.utils.ops import non_max_suppression
+
+    if getattr(Image.open, "__module__", "") == patches.__name__:
+        Image.open = getattr(patches, "_image_open", Image.open)
+    if getattr(torch.save, "__module__", "") == patches.__name__:
+        torch.save = getattr(patches, "_torch_save", torch.save)
+    if first:
+        np.set_printoptions(**saved[0])
+        torch.set_printoptions(**saved[1])
+        cv2.setNumThreads(saved[2])
     return DetectionModel, LetterBox, scale_boxes, non_max_suppression
 
 

@@ -53,6 +53,7 @@ class EvaluationOptions:
     bootstrap_seed: int = 0
     store_path: Path | None = None
     progress: bool = True
+    device: str = "cpu"
 
 
 @dataclass
@@ -88,6 +89,15 @@ class _Context:
         return self._x.pairs[(provider.fingerprint, self.sha(reference), self.sha(record))]
 
 
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise ConfigError(f"--device must be cpu, cuda, cuda:N or mps, got {device!r}")
+
+
 def read_records(task: Task, images: Path, layout: str) -> list[ImageRecord]:
     if layout == "igmu":
         return read_igmu_layout(images, task)
@@ -119,7 +129,8 @@ def evaluate(
 ) -> EvaluationResult:
     records = read_records(task, images, options.layout)
     paired = pair_images(records, task, options.reference_method, options.allow_missing)
-    providers = Providers(models, task, options.detectors)
+    check_device(options.device)
+    providers = Providers(models, task, options.detectors, options.device)
     metric_names = select_metrics(task, options.metrics)
     metrics = [m for name in metric_names for m in METRICS.get(name)(task, providers, paired)]
     resamples = int(task.guidance.get("bootstrap_resamples", 1000))
@@ -153,6 +164,7 @@ def evaluate(
             "layout": options.layout,
             "reference_method": options.reference_method,
             "allow_missing": options.allow_missing,
+            "device": options.device,
             "metrics": metric_names,
             "detectors": providers.detector_names,
             "bootstrap": {

@@ -11,13 +11,20 @@ from igmu.errors import ConfigError
 
 
 class Providers:
-    def __init__(self, models: ModelsConfig, task: Any, detectors: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        models: ModelsConfig,
+        task: Any,
+        detectors: list[str] | None = None,
+        device: str = "cpu",
+    ) -> None:
         load_all()
         self.models = models
         self.task = task
         self.detector_names = (
             detectors if detectors is not None else list(task.guidance["detectors"])
         )
+        self.device = device
         self._built: dict[str, Any] = {}
 
     def _once(self, key: str, build) -> Any:
@@ -38,6 +45,8 @@ class Providers:
                     "pass --detectors clip_head:<head name>"
                 )
             name = f"clip_head:{self.task.igmu_key}"
+        if name.startswith("clip_head"):
+            return build_detector(name, self.models, {"device": self.device})
         return build_detector(name, self.models)
 
     def person(self) -> Any:
@@ -47,7 +56,10 @@ class Providers:
         return self._once(
             "clip_score",
             lambda: ClipBackbone.from_reference(
-                self.models.get("clip_score"), "CLIP for CLIP score / CSDR", "clip_score"
+                self.models.get("clip_score"),
+                "CLIP for CLIP score / CSDR",
+                "clip_score",
+                self.device,
             ),
         )
 
@@ -57,11 +69,11 @@ class Providers:
             if config.get("kind") == "clip":
                 model = config.get("model") or self.models.get("clip_detector")
                 return ClipBackbone.from_reference(
-                    model, "FID feature extractor (CLIP)", "fid.model"
+                    model, "FID feature extractor (CLIP)", "fid.model", self.device
                 )
             from igmu.backbones.inception import InceptionBackbone
 
-            return InceptionBackbone(config.get("weights"))
+            return InceptionBackbone(config.get("weights"), self.device)
 
         return self._once("fid", build)
 
@@ -70,7 +82,9 @@ class Providers:
             from igmu.backbones.lpips_net import LpipsBackbone
 
             config = self.models.get("lpips")
-            return LpipsBackbone(config.get("net", "alex"), config.get("backbone_weights"))
+            return LpipsBackbone(
+                config.get("net", "alex"), config.get("backbone_weights"), self.device
+            )
 
         return self._once("lpips", build)
 

@@ -1,0 +1,167 @@
+"""`igmu unlearn`: apply a built-in unlearning method to a diffusers pipeline, write the result."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from igmu.errors import ConfigError, IGMUError
+
+METHOD_HELP = (
+    "UCE (closed-form cross-attention edit), ESD (ESD-x fine-tuning), NEGPROMPT (original "
+    "weights + negative prompt at generation), ORG (untouched copy)"
+)
+EPILOG = """examples:
+  igmu unlearn --method UCE --task church --base models/sd14 --out models/church-UCE
+  igmu unlearn --method UCE --task van_gogh --base CompVis/stable-diffusion-v1-4 --out vg-UCE \\
+      --preserve "Claude Monet,Paul Cezanne" --set lamb=0.5 --set tokens=tail
+  igmu unlearn --method ESD --task nudity --base models/sd14 --out nudity-ESD \\
+      --steps 1000 --lr 1e-5 --eta 1.0 --device cuda
+  igmu unlearn --method NEGPROMPT --task church --base models/sd14 --out church-NEG --card-only
+
+Each output folder is a diffusers pipeline (safetensors) that DiffusionPipeline.from_pretrained
+loads, with igmu_method.json: method, task, concept prompts, preserved concepts,
+hyper-parameters, seed, base fingerprint, UNet fingerprint and, for NEGPROMPT, the
+negative_prompt generation must use. Method settings (--set KEY=VALUE):
+  UCE: concepts, preserve, anchor, lamb (0.5), erase_scale (1), preserve_scale (1),
+       tokens (last|tail|phrase), edit_keys (true), expand (false)
+  ESD: concepts, steps (1000), lr (1e-5), eta (1.0), guidance (3), ddim_steps (50),
+       x_t (sample|noise), params (xattn|xattn-strict), latent_size (0 = UNet's), probe (4)
+  NEGPROMPT: concepts, negative_prompt (the task's concept name), card_only
+"""
+
+# option -> setting name; only options the user gave become settings, so an option a method
+# does not take is reported instead of silently ignored.
+OPTION_SETTINGS = {
+    "concepts": "concepts",
+    "preserve": "preserve",
+    "anchor": "anchor",
+    "negative_prompt": "negative_prompt",
+    "steps": "steps",
+    "lr": "lr",
+    "eta": "eta",
+    "card_only": "card_only",
+}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "unlearn",
+        help="erase a task's concept from a diffusers pipeline (UCE, ESD, NEGPROMPT, ORG)",
+        description="Apply a built-in unlearning method to a Stable-Diffusion-style pipeline "
+        "(UNet2DConditionModel + CLIP text encoder) for a task's concept and write a loadable "
+        "diffusers pipeline folder with its method card (igmu_method.json).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--method", required=True, help=METHOD_HELP)
+    parser.add_argument("--task", required=True, help="built-in task name or task YAML path")
+    parser.add_argument(
+        "--base",
+        required=True,
+        help="base pipeline: a diffusers save_pretrained folder or a Hugging Face id "
+        "(read from the local cache when HF_HUB_OFFLINE=1)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder to write")
+    parser.add_argument(
+        "--concepts",
+        help="comma-separated prompts to erase (default: the task's concept name and words)",
+    )
+    parser.add_argument(
+        "--preserve",
+        help="UCE: comma-separated concepts to preserve (default: the task's unrelated and "
+        "related class names; 'none' for none)",
+    )
+    parser.add_argument("--anchor", help="UCE: anchor prompt (default '' ; 'art' for styles)")
+    parser.add_argument("--negative-prompt", help="NEGPROMPT: the negative prompt to record")
+    parser.add_argument("--steps", type=int, help="ESD: training steps (default 1000)")
+    parser.add_argument("--lr", type=float, help="ESD: learning rate (default 1e-5)")
+    parser.add_argument("--eta", type=float, help="ESD: negative guidance (default 1.0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any method setting (repeatable), e.g. --set lamb=0.1 --set tokens=tail",
+    )
+    parser.add_argument(
+        "--card-only",
+        action="store_true",
+        default=None,
+        help="NEGPROMPT: write only igmu_method.json, not a copy of the weights",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists and is not empty"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        settings[key.strip().replace("-", "_")] = value
+    for option, key in OPTION_SETTINGS.items():
+        value = getattr(args, option)
+        if value is not None:
+            settings[key] = value
+    settings.update(
+        seed=args.seed, device=args.device, progress=not args.quiet, overwrite=args.overwrite
+    )
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from igmu.methods import get_method
+    from igmu.tasks import load_task
+
+    method = get_method(args.method)
+    task = load_task(args.task)
+    settings = settings_from_args(args)
+    method.settings(settings)  # report a bad setting before loading any weights
+    result = method.apply(args.base, task, settings, args.out)
+    card = result.card
+    if card["pipeline_folder"]:
+        print(
+            f"{method.name} for task {task.name}: wrote {result.out} "
+            f"(UNet sha256 {card['unet_state_sha256'][:16]}...)"
+        )
+    else:
+        print(
+            f"{method.name} for task {task.name}: wrote {result.card_path} (card only; load "
+            f"the weights of {card['base']['reference']})"
+        )
+    for key, value in card["stats"].items():
+        if key != "train_loss":
+            print(f"  {key}: {value}")
+    if card["negative_prompt"] is not None:
+        print(f"generate with negative_prompt={card['negative_prompt']!r}")
+    print(f"card: {result.card_path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`igmu unlearn ARGS` on its own (argv excludes the word 'unlearn'); returns the exit code."""
+    parser = argparse.ArgumentParser(prog="igmu")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    register(commands)
+    args = parser.parse_args(["unlearn", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.handler(args) or 0)
+    except IGMUError as exc:
+        print(f"igmu: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("igmu: interrupted; nothing was written to --out", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Content-addressed image cache: ``DIR/images/<key[:2]>/<key>.png``, written atomically.
+
+``key`` = sha256 over (generator fingerprint, prompt, seed, settings). A file is written to a
+temporary name in its final folder, flushed to disk and renamed into place, so a process killed at
+any moment leaves either no file or the whole file under the key; a PNG holds pixels only (no
+time stamp, no text chunks), so the same pixels always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from igmu.generation.base import GenerationSettings
+
+KEY_FORMAT = "igmu.image/1"
+IMAGES_DIR = "images"
+TMP_SUFFIX = ".tmp"
+
+
+def cache_key(fingerprint: str, prompt: str, seed: int, settings: GenerationSettings) -> str:
+    payload = {
+        "format": KEY_FORMAT,
+        "generator": fingerprint,
+        "prompt": prompt,
+        "seed": int(seed),
+        "settings": settings.as_dict(),
+    }
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, sync_dir: bool = False) -> None:
+    """Write ``data`` to ``path`` via a temporary file + rename; readers never see a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if sync_dir:
+        _fsync_dir(path.parent)
+
+
+def remove_stale_tmp(folder: Path, recursive: bool = False) -> int:
+    """Delete temporary files left by killed processes (their pid is no longer running)."""
+    if not folder.is_dir():
+        return 0
+    pattern = f"**/.*{TMP_SUFFIX}" if recursive else f".*{TMP_SUFFIX}"
+    removed = 0
+    for tmp in folder.glob(pattern):
+        parts = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 1)
+        if len(parts) != 2 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            continue
+        try:
+            tmp.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class ImageCache:
+    """PNG files by cache key under ``root/images``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.images = self.root / IMAGES_DIR
+
+    def relpath(self, key: str) -> str:
+        return f"{IMAGES_DIR}/{key[:2]}/{key}.png"
+
+    def path(self, key: str) -> Path:
+        return self.root / self.relpath(key)
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def put(self, key: str, image: np.ndarray) -> str:
+        """Store an image under ``key`` unless present; return the PNG's sha256."""
+        path = self.path(key)
+        if path.is_file():
+            return self.sha256(key)
+        data = encode_png(image)
+        write_atomic(path, data)
+        return hashlib.sha256(data).hexdigest()
+
+    def sha256(self, key: str) -> str:
+        return hashlib.sha256(self.path(key).read_bytes()).hexdigest()
+
+    def remove_stale_tmp(self) -> int:
+        return remove_stale_tmp(self.images, recursive=True)

@@ -1,0 +1,189 @@
+"""Which model and settings each method is generated with, and which images it needs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from igmu.backbones.config import DEFAULTS, ModelsConfig
+from igmu.errors import ConfigError
+from igmu.generation.base import GenerationSettings
+from igmu.registry import did_you_mean
+from igmu.tasks.model import PROMPT_SET_KINDS, Task
+
+ORG = "ORG"
+NEGPROMPT = "NEGPROMPT"
+BUILTIN_METHODS = (ORG, NEGPROMPT)
+# The card `igmu unlearn` writes beside (or, for inference-time methods, instead of) a pipeline.
+METHOD_CARD = "igmu_method.json"
+METHOD_CARD_SCHEMA = "igmu.method/1"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    model: str  # pipeline folder or hub id, as the models file gives it
+    field: str  # the models-file field that names the model (for error messages)
+    settings: GenerationSettings
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    method: str
+    prompt_set: str
+    class_name: str
+    class_index: int
+    prompt_index: int
+    seed: int
+    prompt: str
+
+
+@dataclass(frozen=True)
+class SettingOverrides:
+    steps: int | None = None
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+
+
+def base_settings(models: ModelsConfig, overrides: SettingOverrides) -> GenerationSettings:
+    generator = {**DEFAULTS["generator"], **models.get("generator")}
+    return GenerationSettings(
+        num_inference_steps=overrides.steps if overrides.steps is not None else generator["steps"],
+        guidance_scale=(
+            overrides.guidance if overrides.guidance is not None else generator["guidance"]
+        ),
+        height=overrides.height if overrides.height is not None else generator["height"],
+        width=overrides.width if overrides.width is not None else generator["width"],
+    )
+
+
+def known_methods(models: ModelsConfig) -> list[str]:
+    return list(dict.fromkeys([*BUILTIN_METHODS, *models.get("methods")]))
+
+
+def _read_card(folder: Path) -> dict[str, Any] | None:
+    path = folder / METHOD_CARD
+    if not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(card, dict) or card.get("schema") != METHOD_CARD_SCHEMA:
+        raise ConfigError(f"{path}: field 'schema' must be {METHOD_CARD_SCHEMA!r}")
+    return card
+
+
+def _from_card(
+    name: str, model: str, field: str, negative: str | None, explicit_negative: bool
+) -> tuple[str, str, str | None]:
+    """Apply a method card: its negative prompt, and its base model when it has no weights."""
+    folder = Path(model).expanduser()
+    card = _read_card(folder) if folder.is_dir() else None
+    if card is None:
+        return model, field, negative
+    if not explicit_negative and card.get("negative_prompt") is not None:
+        negative = str(card["negative_prompt"])
+    if not (folder / "model_index.json").is_file():
+        base = card.get("base") or {}
+        location, reference = base.get("location"), base.get("reference")
+        if location and Path(location).is_dir():
+            return str(location), f"{field} (base of {folder / METHOD_CARD})", negative
+        if reference:
+            return str(reference), f"{field} (base of {folder / METHOD_CARD})", negative
+        raise ConfigError(
+            f"{folder / METHOD_CARD}: method {name!r} has no pipeline folder and its card "
+            "names no base model"
+        )
+    return model, field, negative
+
+
+def resolve_method(
+    name: str, task: Task, models: ModelsConfig, settings: GenerationSettings
+) -> MethodSpec:
+    """ORG = generator.model; NEGPROMPT = ORG + the concept as negative prompt (unless the
+    models file maps NEGPROMPT); any other name = its `methods` entry."""
+    methods = models.get("methods")
+    generator = {**DEFAULTS["generator"], **models.get("generator")}
+    if name == ORG:
+        return MethodSpec(name, str(generator["model"]), "generator.model", settings)
+    if name in methods:
+        entry = methods[name]
+        entry = {"model": entry} if isinstance(entry, str) else dict(entry)
+        explicit = "negative_prompt" in entry
+        model, field, negative = _from_card(
+            name, str(entry["model"]), f"methods.{name}", entry.get("negative_prompt"), explicit
+        )
+        return MethodSpec(name, model, field, replace(settings, negative_prompt=negative))
+    if name == NEGPROMPT:
+        return MethodSpec(
+            name,
+            str(generator["model"]),
+            "generator.model",
+            replace(settings, negative_prompt=task.concept_name),
+        )
+    raise ConfigError(
+        f"Unknown method {name!r}: not built in (ORG, NEGPROMPT) and not in the models file's "
+        f"'methods' ({models.source}).{did_you_mean(name, known_methods(models))}"
+    )
+
+
+def check_method_names(names: list[str], models: ModelsConfig) -> None:
+    known = known_methods(models)
+    if not names:
+        raise ConfigError("--method: give at least one method, e.g. ORG")
+    for name in names:
+        if name not in known:
+            raise ConfigError(
+                f"Unknown method {name!r}: not built in (ORG, NEGPROMPT) and not in the models "
+                f"file's 'methods' ({models.source}).{did_you_mean(name, known)}"
+            )
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"--method names {', '.join(duplicates)} more than once")
+
+
+def method_prompt_sets(
+    task: Task, method: str, requested: list[str] | None, reference_method: str = ORG
+) -> list[str]:
+    """The prompt sets a method is generated on. By default every set of the task except
+    `stripped`, which only the reference method needs, and only for attribute tasks (their
+    fidelity reference is ORG on the concept-stripped prompts)."""
+    if requested:
+        for name in requested:
+            task.prompt_set(name)  # unknown names fail here, with "did you mean"
+        sets = list(dict.fromkeys(requested))
+        if method != reference_method:
+            sets = [s for s in sets if s != "stripped"]
+        return sets
+    sets = [s for s in PROMPT_SET_KINDS if s in task.prompt_sets and s != "stripped"]
+    attribute = task.reference == "stripped" and "stripped" in task.prompt_sets
+    if method == reference_method and attribute:
+        sets.append("stripped")
+    return sets
+
+
+def plan_jobs(
+    task: Task,
+    method: str,
+    prompt_sets: list[str],
+    images_per_prompt: int,
+    max_prompts_per_class: int | None = None,
+) -> list[ImageJob]:
+    """Image k of prompt (class i, prompt j) uses seed k, for every method (images pair by key)."""
+    jobs = []
+    for set_name in prompt_sets:
+        prompt_set = task.prompt_set(set_name)
+        for class_index, (class_name, prompts) in enumerate(prompt_set.classes):
+            chosen = prompts if max_prompts_per_class is None else prompts[:max_prompts_per_class]
+            for prompt_index, text in enumerate(chosen):
+                for seed in range(images_per_prompt):
+                    jobs.append(
+                        ImageJob(
+                            method, set_name, class_name, class_index, prompt_index, seed, text
+                        )
+                    )
+    return jobs

@@ -1,0 +1,171 @@
+"""MiniWorld judges: the shipped weights, the mini_judge detector, features, training (tiny)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from igmu.backbones.config import DEFAULTS, ModelsConfig
+from igmu.detectors.base import build_detector
+from igmu.errors import ConfigError
+from igmu.miniworld import judge_detector  # noqa: F401  (registers mini_judge)
+from igmu.miniworld.dataset_export import export_world, manifest_sha256
+from igmu.miniworld.judges import (
+    METADATA,
+    WEIGHTS,
+    WORLD_HEADS,
+    Judge,
+    JudgeFeatures,
+    TrainConfig,
+    default_judge_dir,
+    train_judge,
+)
+from igmu.miniworld.world import Scene, erase, render, sample_scene
+
+FRESH_SEED = 20261128  # not a training seed: scenes the judges never saw
+
+
+def models_config(judges: str | None = None) -> ModelsConfig:
+    return ModelsConfig({**DEFAULTS, "miniworld": {"judges": judges}}, "(test)")
+
+
+@pytest.fixture(scope="module")
+def judge() -> Judge:
+    return Judge(default_judge_dir())
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    rng = np.random.default_rng(FRESH_SEED)
+    scenes = [sample_scene(rng) for _ in range(200)]
+    return scenes, [render(s) for s in scenes]
+
+
+def test_shipped_judges_metadata(judge):
+    folder = default_judge_dir()
+    size = (folder / WEIGHTS).stat().st_size + (folder / METADATA).stat().st_size
+    assert size < 3 * 1024 * 1024
+    meta = judge.metadata
+    assert set(meta["heads"]) == set(WORLD_HEADS)
+    for head, info in meta["heads"].items():
+        assert info["accuracy"] >= 0.98, head
+        low, high = info["ci"]
+        assert 0.95 < low <= info["accuracy"] <= high <= 1.0, head
+        assert info["n"] >= 1000
+    assert meta["input_size" if "input_size" in meta else "architecture"]
+    assert meta["data"]["manifest_sha256"]
+    assert meta["training"]["seed"] == 0
+    assert judge.classes["attribute"] == ["no_spot", "spot"]
+
+
+def test_shipped_judges_classify_fresh_renders(judge, fresh):
+    scenes, images = fresh
+    predicted = judge.predict(images)
+    for head in WORLD_HEADS:
+        truth = [s.labels()[head] for s in scenes]
+        accuracy = np.mean([p == t for p, t in zip(predicted[head], truth, strict=True)])
+        assert accuracy >= 0.98, (head, accuracy)
+
+
+@pytest.mark.parametrize("target", ["shape=cross", "style=stripes", "attribute"])
+def test_detector_oracle(target):
+    detector = build_detector(f"mini_judge:{target}", models_config())
+    field, value = target.partition("=")[::2] if "=" in target else ("attribute", True)
+    rng = np.random.default_rng(FRESH_SEED + 1)
+    with_target = [sample_scene(rng, **{field: value}) for _ in range(100)]
+    without = [erase(s, target) for s in with_target]
+    flagged_with = [
+        detector.verdict(r).flagged for r in detector.analyse([render(s) for s in with_target])
+    ]
+    flagged_without = [
+        detector.verdict(r).flagged for r in detector.analyse([render(s) for s in without])
+    ]
+    assert np.mean(flagged_with) >= 0.98
+    assert np.mean(flagged_without) <= 0.02
+
+
+def test_detector_protocol_and_any_size():
+    detector = build_detector("mini_judge:shape=cross", models_config())
+    other = build_detector("mini_judge:color=red", models_config())
+    assert detector.name == "mini_judge:shape=cross"
+    assert detector.model_fingerprint == other.model_fingerprint  # raw outputs hold every head
+    scene = Scene("cross", "red", style="dots", attribute=True, background="black")
+    raws = detector.analyse([render(scene, 32), render(scene, 64), render(scene, 48)])
+    json.dumps(raws)  # cacheable
+    for raw in raws:
+        verdict = detector.verdict(raw)
+        assert verdict.flagged and verdict.score > 0.9
+        assert verdict.details["predicted"] == "cross"
+        assert other.verdict(raw).flagged
+    strict = build_detector("mini_judge:shape=cross", models_config(), {"threshold": 1.0})
+    assert not strict.verdict(raws[0]).flagged
+    described = detector.describe()
+    assert described["head"] == "shape" and described["held_out_accuracy"] >= 0.98
+
+
+def test_detector_errors(tmp_path):
+    with pytest.raises(ConfigError, match="needs a target"):
+        build_detector("mini_judge", models_config())
+    with pytest.raises(ConfigError, match="no head"):
+        build_detector("mini_judge:texture=stripes", models_config())
+    with pytest.raises(ConfigError, match="no class"):
+        build_detector("mini_judge:shape=hexagon", models_config())
+    with pytest.raises(ConfigError, match="miniworld"):
+        build_detector("mini_judge:attribute", ModelsConfig({**DEFAULTS}, "(no field)"))
+    from igmu.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError):
+        build_detector("mini_judge:attribute", models_config(str(tmp_path)))
+
+
+def test_judge_features(judge):
+    features = JudgeFeatures(judge)
+    base = Scene("square", "blue", style="stripes", attribute=True, background="grey")
+    images = [
+        render(base),
+        render(base.replace(attribute=False)),
+        render(base.replace(shape="circle", colour="yellow", style="dots")),
+    ]
+    embeddings = features.image_embeddings(images)
+    assert embeddings.shape == (3, features.embed_dim) and embeddings.dtype == np.float64
+    distances = features.distances([images[0]] * 3, images)
+    assert distances[0] == pytest.approx(0.0, abs=1e-9)
+    assert 0 < distances[1] < distances[2]
+    assert features.fingerprint.startswith("mini-judge-features:")
+    assert features.describe()["embed_dim"] == features.embed_dim
+
+
+def test_training_is_generic_and_deterministic(tmp_path):
+    data = tmp_path / "data"
+    export_world(data, {"train": 48, "test": 16}, seed=1)
+    config = TrainConfig(seed=0, epochs=1, batch_size=16, threads=1)
+    arch = {"widths": [4, 8], "feature_dim": 8, "input_size": 16}
+    quiet = lambda message: None  # noqa: E731
+    first = train_judge(data, tmp_path / "a", config=config, arch=arch, log=quiet)
+    second = train_judge(data, tmp_path / "b", config=config, arch=arch, log=quiet)
+    assert first["weights_sha256"] == second["weights_sha256"]
+    assert set(first["heads"]) == set(WORLD_HEADS)
+    assert first["data"]["manifest_sha256"] == manifest_sha256(data)
+    info = first["heads"]["shape"]
+    assert info["n"] == 16 and len(info["ci"]) == 2 and info["classes"]
+    loaded = Judge(tmp_path / "a")
+    assert loaded.input_size == 16
+    assert set(loaded.predict([render(sample_scene(0))])) == set(WORLD_HEADS)
+    # A plain folder layout (no manifest) trains one head named "class".
+    plain = tmp_path / "plain"
+    for split, n in (("train", 6), ("test", 2)):
+        for cls in ("circle", "cross"):
+            folder = plain / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                from PIL import Image
+
+                Image.fromarray(render(sample_scene(i, shape=cls))).save(folder / f"{i}.png")
+    meta = train_judge(plain, tmp_path / "c", config=config, arch=arch, log=quiet)
+    assert list(meta["heads"]) == ["class"] and meta["heads"]["class"]["classes"] == [
+        "circle",
+        "cross",
+    ]
+    assert meta["data"]["manifest_sha256"] is None
