@@ -22,6 +22,7 @@ from igmu.errors import ConfigError, ModelNotFoundError
 from igmu.generation import (
     GenerateOptions,
     ImageCache,
+    canonical_methods,
     generate,
     method_prompt_sets,
     plan_jobs,
@@ -210,6 +211,35 @@ def test_models_file_generation_fields(tmp_path: Path):
             load_models_config(path)
 
 
+def test_method_cards_of_igmu_unlearn(tmp_path: Path):
+    """A folder written by `igmu unlearn` carries a card: its negative prompt is used, and a
+    card-only folder (no weights) generates with the base model it names."""
+    import json
+
+    from igmu.generation import SettingOverrides, resolve_method
+    from igmu.generation.plan import base_settings
+
+    base = tmp_path / "sd"
+    base.mkdir()
+    card_only = tmp_path / "negprompt"
+    card_only.mkdir()
+    card = {"schema": "igmu.method/1", "method": "NEGPROMPT", "negative_prompt": "church, chapel",
+            "base": {"reference": "CompVis/stable-diffusion-v1-4", "location": str(base)}}
+    (card_only / "igmu_method.json").write_text(json.dumps(card))
+    models_path = tmp_path / "models.yaml"
+    models_path.write_text(
+        "generator: {model: ./sd}\n"
+        "methods: {NEGPROMPT: ./negprompt, OWN: {model: ./negprompt, negative_prompt: cats}}\n"
+    )
+    models = load_models_config(models_path)
+    settings = base_settings(models, SettingOverrides(steps=2))
+    spec = resolve_method("NEGPROMPT", load_task("church"), models, settings)
+    assert spec.model == str(base) and spec.settings.negative_prompt == "church, chapel"
+    assert spec.settings.num_inference_steps == 2 and "methods.NEGPROMPT" in spec.field
+    own = resolve_method("OWN", load_task("church"), models, settings)
+    assert own.settings.negative_prompt == "cats"
+
+
 def test_unknown_method_and_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture):
     from igmu.cli.generate_cmd import main
 
@@ -219,6 +249,9 @@ def test_unknown_method_and_missing_model(tmp_path: Path, capsys: pytest.Capture
     models = load_models_config(models_path)
     with pytest.raises(ConfigError, match="Did you mean 'NEGPROMPT'"):
         generate(church, tmp_path / "out", models, GenerateOptions(methods=["NEGPROMT"]))
+    assert canonical_methods(["org", "esd", "NEGPROMPT"], models) == ["ORG", "ESD", "NEGPROMPT"]
+    with pytest.raises(ConfigError, match="more than once"):
+        canonical_methods(["ORG", "org"], models)
     code = main(
         ["--task", "church", "--method", "ESF", "--models", str(models_path), "--out", "o"]
     )

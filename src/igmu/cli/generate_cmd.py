@@ -44,11 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "models file",
     )
     parser.add_argument(
-        "--out", required=True, type=Path, help="folder for images/ and manifest.jsonl"
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="folder for images/ and manifest.jsonl",
     )
     parser.add_argument(
         "--models",
         type=Path,
+        metavar="FILE",
         help="models file (YAML) with 'generator' and 'methods'; see `igmu models`",
     )
     parser.add_argument(
@@ -90,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=_positive, help="override generator.height")
     parser.add_argument("--width", type=_positive, help="override generator.width")
     parser.add_argument(
-        "--threads", type=_positive, help="torch CPU threads (default: torch's choice)"
+        "--threads", type=_positive, metavar="N", help="torch CPU threads (default: torch's)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -6,7 +6,15 @@ import argparse
 import sys
 
 from igmu import __version__
-from igmu.cli import detect_cmd, evaluate_cmd, models_cmd, report_cmd, tasks_cmd
+from igmu.cli import (
+    detect_cmd,
+    evaluate_cmd,
+    generate_cmd,
+    models_cmd,
+    report_cmd,
+    tasks_cmd,
+    unlearn_cmd,
+)
 from igmu.errors import IGMUError
 
 CONTENT_NOTE = (
@@ -24,7 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"igmu {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for module in (tasks_cmd, evaluate_cmd, detect_cmd, report_cmd, models_cmd):
+    for module in (
+        tasks_cmd,
+        generate_cmd,
+        unlearn_cmd,
+        evaluate_cmd,
+        detect_cmd,
+        report_cmd,
+        models_cmd,
+    ):
         module.register(commands)
     return parser
 

@@ -50,8 +50,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "unlearn",
         help="erase a task's concept from a diffusers pipeline (UCE, ESD, NEGPROMPT, ORG)",
-        description="Apply a built-in unlearning method to a Stable-Diffusion-style pipeline "
-        "(UNet2DConditionModel + CLIP text encoder) for a task's concept and write a loadable "
+        description="Apply a built-in unlearning method to a Stable-Diffusion-style pipeline\n"
+        "(UNet2DConditionModel + CLIP text encoder) for a task's concept and write a loadable\n"
         "diffusers pipeline folder with its method card (igmu_method.json).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -26,7 +26,7 @@ from igmu.generation.plan import (
     MethodSpec,
     SettingOverrides,
     base_settings,
-    check_method_names,
+    canonical_methods,
     method_prompt_sets,
     plan_jobs,
     resolve_method,
@@ -162,9 +162,9 @@ def generate(
 ) -> GenerationResult:
     """Generate every (method, prompt set, class, prompt, seed) image of ``task`` into ``out``."""
     _check_options(options)
-    check_method_names(options.methods, models)
+    methods = canonical_methods(options.methods, models)
     settings = base_settings(models, options.overrides)
-    specs = [resolve_method(name, task, models, settings) for name in options.methods]
+    specs = [resolve_method(name, task, models, settings) for name in methods]
     plans = []
     for spec in specs:
         sets = method_prompt_sets(task, spec.name, options.prompt_sets)
@@ -207,6 +207,6 @@ def generate(
         f"manifest rows of method {m} come from more than one model or settings "
         "(an earlier run with other settings?); evaluate compares them as one model"
         for m in mixed_generators(merged)
-        if m in options.methods
+        if m in methods
     ]
     return GenerationResult(out / MANIFEST_NAME, rows, generated, total - generated, warnings)

@@ -131,19 +131,27 @@ def resolve_method(
     )
 
 
-def check_method_names(names: list[str], models: ModelsConfig) -> None:
+def canonical_methods(names: list[str], models: ModelsConfig) -> list[str]:
+    """The method names as the models file spells them (``org`` -> ``ORG`` when unambiguous);
+    unknown names fail with "did you mean"."""
     known = known_methods(models)
     if not names:
         raise ConfigError("--method: give at least one method, e.g. ORG")
+    canonical = []
     for name in names:
         if name not in known:
-            raise ConfigError(
-                f"Unknown method {name!r}: not built in (ORG, NEGPROMPT) and not in the models "
-                f"file's 'methods' ({models.source}).{did_you_mean(name, known)}"
-            )
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+            folded = [k for k in known if k.lower() == name.lower()]
+            if len(folded) != 1:
+                raise ConfigError(
+                    f"Unknown method {name!r}: not built in (ORG, NEGPROMPT) and not in the "
+                    f"models file's 'methods' ({models.source}).{did_you_mean(name, known)}"
+                )
+            name = folded[0]
+        canonical.append(name)
+    duplicates = sorted({n for n in canonical if canonical.count(n) > 1})
     if duplicates:
         raise ConfigError(f"--method names {', '.join(duplicates)} more than once")
+    return canonical
 
 
 def method_prompt_sets(

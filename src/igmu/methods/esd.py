@@ -208,27 +208,27 @@ class ESD(UnlearningMethod):
         trainer.unet.requires_grad_(False)
         optimizer.zero_grad(set_to_none=True)
         del trainer.frozen
+        hyperparameters = {
+            key: settings[key]
+            for key in ("steps", "lr", "eta", "guidance", "ddim_steps", "x_t", "params")
+        }
+        hyperparameters.update(
+            latent_shape=list(trainer.shape), optimizer="Adam", batch_size=1,
+            scheduler="DDIMScheduler",
+        )
+        if settings["x_t"] == "sample":
+            hyperparameters["x_t_model"] = "frozen original"
         return EditOutcome(
             concepts=concepts,
             preserved=[],
             anchor="",
-            hyperparameters={
-                key: settings[key]
-                for key in ("steps", "lr", "eta", "guidance", "ddim_steps", "x_t", "params")
-            }
-            | {
-                "latent_shape": list(trainer.shape),
-                "optimizer": "Adam",
-                "batch_size": 1,
-                "scheduler": "DDIMScheduler",
-                "x_t_model": "frozen original",
-            },
+            hyperparameters=hyperparameters,
             edited_parameters=names,
             stats={
                 "probe_draws": len(probes),
                 "probe_loss_before": before,
                 "probe_loss_after": after,
-                "train_loss": [round(v, 6) for v in losses],
+                "train_loss": [float(f"{v:.6g}") for v in losses],
                 "trainable_parameters": int(sum(p.numel() for p in params)),
             },
         )
