@@ -229,14 +229,15 @@ class YoloPersonDetector:
         outputs = []
         for image in images:
             tensor = self._preprocess(image)
+            # NMS inside inference mode too, as the predictor: older versions edit it in place
             with torch.inference_mode():
                 pred = self.model(tensor)
-            if isinstance(pred, list | tuple):  # eval mode: (decoded boxes, raw head maps)
-                pred = pred[0]
-            det = self._nms(pred, self.conf, self.iou, classes=[self.person_class])[0]
-            boxes = det[:, :4].clone()
-            if len(boxes):
-                boxes = self._scale_boxes(tensor.shape[2:], boxes, image.shape[:2])
+                if isinstance(pred, list | tuple):  # eval mode: (decoded boxes, raw head maps)
+                    pred = pred[0]
+                det = self._nms(pred, self.conf, self.iou, classes=[self.person_class])[0]
+                boxes = det[:, :4].clone()
+                if len(boxes):
+                    boxes = self._scale_boxes(tensor.shape[2:], boxes, image.shape[:2])
             outputs.append(
                 {
                     "scores": [round(float(v), 6) for v in det[:, 4].tolist()],
