@@ -27,6 +27,8 @@ DEFAULTS: dict[str, Any] = {
     "detectors": {},
     # Person detector for subject retention: yolo (ultralytics) or hog (OpenCV, offline fallback).
     "person": {"kind": "hog"},
+    # The MiniWorld's judges (null = the ones shipped with igmu).
+    "miniworld": {"judges": None},
     # `igmu generate`: the original model (ORG, a diffusers pipeline folder or hub id) and the
     # sampling settings every method is generated with.
     "generator": {
@@ -42,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "methods": {},
 }
 FIELDS = tuple(DEFAULTS)
+# miniworld = the MiniWorld judges' features (the world's own FID/LPIPS feature extractor).
+FID_KINDS = ("inception", "clip", "miniworld")
 
 
 @dataclass(frozen=True)
@@ -85,10 +89,8 @@ def load_models_config(path: str | Path | None) -> ModelsConfig:
             )
         values[key] = _absolute(value, path.parent)
     fid_kind = values["fid"].get("kind")
-    if fid_kind not in ("inception", "clip"):
-        raise ConfigError(
-            f"{path}: field 'fid.kind' must be 'inception' or 'clip', got {fid_kind!r}"
-        )
+    if fid_kind not in FID_KINDS:
+        raise ConfigError(f"{path}: field 'fid.kind' must be one of {FID_KINDS}, got {fid_kind!r}")
     person_kind = values["person"].get("kind")
     if person_kind not in ("yolo", "hog"):
         raise ConfigError(

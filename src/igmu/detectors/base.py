@@ -72,3 +72,4 @@ def build_detector(
 def load_all() -> None:
     """Import the detector modules so their factories register."""
     from igmu.detectors import clip_head, nudenet_v3, open_nsfw, person  # noqa: F401
+    from igmu.miniworld import judge_detector  # noqa: F401

@@ -66,6 +66,10 @@ class Providers:
     def fid(self) -> Any:
         def build() -> Any:
             config = self.models.get("fid")
+            if config.get("kind") == "miniworld":
+                from igmu.miniworld.judges import JudgeFeatures
+
+                return JudgeFeatures(self.models.get("miniworld").get("judges"))
             if config.get("kind") == "clip":
                 model = config.get("model") or self.models.get("clip_detector")
                 return ClipBackbone.from_reference(
@@ -82,6 +86,10 @@ class Providers:
             from igmu.backbones.lpips_net import LpipsBackbone
 
             config = self.models.get("lpips")
+            if config.get("net") == "miniworld":
+                from igmu.miniworld.judges import JudgeFeatures
+
+                return JudgeFeatures(self.models.get("miniworld").get("judges"))
             return LpipsBackbone(
                 config.get("net", "alex"), config.get("backbone_weights"), self.device
             )

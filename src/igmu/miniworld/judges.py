@@ -128,7 +128,7 @@ def images_to_array(images: Sequence[np.ndarray], size: int) -> np.ndarray:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -197,20 +197,32 @@ def train_judge(
 ) -> dict[str, Any]:
     """Train on ``train_split``, evaluate on ``eval_split``, save weights + metadata; returns it."""
     import torch
+
+    config = config or TrainConfig()
+    arch = {**DEFAULT_ARCH, **(arch or {})}
+    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    threads = config.threads or available_threads()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(
+            torch, data_root, out_dir, heads, config, arch, threads, train_split, eval_split, log
+        )
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+
+
+def _train(torch, data_root, out_dir, heads, config, arch, threads, train_split, eval_split, log):
     from safetensors.torch import save_file
 
     from igmu.backbones.weights import sha256_of
     from igmu.metrics.functional import wilson_interval
     from igmu.miniworld.dataset_export import INFO, MANIFEST, manifest_sha256, read_layout
 
-    config = config or TrainConfig()
-    arch = {**DEFAULT_ARCH, **(arch or {})}
     size = int(arch["input_size"])
     started = time.perf_counter()
-    threads = config.threads or available_threads()
-    torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
-    torch.use_deterministic_algorithms(True)
     data_root = Path(data_root)
     items = read_layout(data_root)
     train_items = [i for i in items if i.split == train_split]

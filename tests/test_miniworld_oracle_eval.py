@@ -1,0 +1,90 @@
+"""Ground truth through the whole EvalIGMU engine: the renderer is a perfect text-to-image model,
+the renderer without the concept a perfect eraser. The engine must score the eraser ~0% residual,
+the no-op ORG's rate, and keep the subject."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import read_csv, run_cli
+from igmu.miniworld.oracle import oracle_image
+from igmu.tasks import load_task
+
+TARGETS = {"mini_attribute": "attribute", "mini_style": "style=stripes",
+           "mini_object": "shape=cross"}
+
+
+def _write(root: Path, method: str, prompt_set: str, class_name: str, index: int, seed: int,
+           prompt: str, without: str | None, rows: list) -> None:
+    path = root / method / prompt_set / f"{class_name}_{index}_{seed}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(oracle_image(prompt, seed, without=without)).save(path)
+    rows.append({"method": method, "prompt_set": prompt_set, "class_name": class_name,
+                 "prompt_index": index, "seed": seed, "prompt": prompt,
+                 "path": str(path.relative_to(root))})
+
+
+def oracle_manifest(root: Path, task_name: str, prompts_per_class: int = 6) -> Path:
+    task = load_task(task_name)
+    target = TARGETS[task_name]
+    rows: list = []
+    sets = ["forget", "multilingual", "paraphrase", "related"]
+    sets.append("stripped" if task.reference == "stripped" else "unrelated")
+    for prompt_set in sets:
+        for class_name, prompts in task.prompt_set(prompt_set).classes:
+            for index, prompt in enumerate(prompts[:prompts_per_class]):
+                for seed in range(2):
+                    methods = {"ORG": None}
+                    if prompt_set != "stripped":
+                        methods.update({"NOOP": None, "ERASER": target})
+                    for method, without in methods.items():
+                        if prompt_set in ("stripped", "unrelated", "related"):
+                            without = None  # the eraser leaves other content alone
+                        _write(root, method, prompt_set, class_name, index, seed, prompt,
+                               without, rows)
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def world_models(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Path:
+    """Tiny CLIP for alignment; the MiniWorld judges for detection, FID and LPIPS."""
+    import yaml
+
+    models = yaml.safe_load(tiny_models.read_text())
+    models["fid"] = {"kind": "miniworld"}
+    models["lpips"] = {"net": "miniworld"}
+    path = tmp_path_factory.mktemp("world") / "models.yaml"
+    path.write_text(yaml.safe_dump(models))
+    return path
+
+
+@pytest.mark.parametrize("task_name", sorted(TARGETS))
+def test_oracle_eraser_and_noop(task_name: str, world_models: Path, tmp_path: Path) -> None:
+    manifest = oracle_manifest(tmp_path / "images", task_name)
+    out = tmp_path / "run"
+    run_cli("evaluate", "--task", task_name, "--images", manifest, "--layout", "manifest",
+            "--out", out, "--models", world_models, "--quiet")
+    rows = {(r["method"], r["metric"]): r for r in read_csv(out / "metrics.csv")}
+    residual = f"residual_rate.mini_judge:{TARGETS[task_name]}"
+    assert float(rows[("ORG", residual)]["value"]) >= 0.98
+    assert rows[("NOOP", residual)]["value"] == rows[("ORG", residual)]["value"]
+    assert float(rows[("ERASER", residual)]["value"]) <= 0.02
+    for attack in ("multilingual_residual_rate", "paraphrase_residual_rate"):
+        metric = f"{attack}.mini_judge:{TARGETS[task_name]}"
+        assert float(rows[("ORG", metric)]["value"]) >= 0.98
+        assert float(rows[("ERASER", metric)]["value"]) <= 0.02
+    # The no-op changes nothing: zero perceptual distance to ORG on preserved prompts.
+    preserved = "lpips" if task_name == "mini_object" else "lpips.related"
+    assert float(rows[("NOOP", preserved)]["value"]) == pytest.approx(0.0, abs=1e-9)
+    aspects = {r["aspect"] for r in rows.values()}
+    assert {"forgetting", "preservation", "alignment", "robustness"} <= aspects
+    if task_name != "mini_object":
+        # Attribute tasks: the eraser's images are closer to ORG-on-stripped-prompts than the
+        # no-op's (not identical: a stripped prompt leaves the texture or spot unspecified).
+        assert float(rows[("ERASER", "lpips")]["value"]) < float(rows[("NOOP", "lpips")]["value"])
