@@ -24,7 +24,7 @@ def test_demo_scores_every_method_and_image(church_demo: Path, tiny_models: Path
                                 "ci_high", "n", "higher_is_better"]
     assert {m["method"] for m in metrics} == {"ORG", "ESD", "UCE"}
     assert {m["aspect"] for m in metrics} <= ASPECTS
-    assert {"forgetting", "preservation", "alignment"} <= {m["aspect"] for m in metrics}
+    assert {"forgetting", "fidelity", "preservation", "alignment"} <= {m["aspect"] for m in metrics}
     for row in metrics:
         value, low, high = (float(row[k]) for k in ("value", "ci_low", "ci_high"))
         if not math.isnan(value):

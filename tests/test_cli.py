@@ -10,7 +10,7 @@ import yaml
 from helpers import read_csv, run_cli
 
 COMMANDS = [[], ["tasks"], ["tasks", "show"], ["evaluate"], ["detect"], ["models"],
-            ["models", "make-tiny"]]
+            ["models", "make-tiny"], ["report"], ["generate"], ["unlearn"], ["demo"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "igmu")

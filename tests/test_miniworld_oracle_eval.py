@@ -83,7 +83,7 @@ def test_oracle_eraser_and_noop(task_name: str, world_models: Path, tmp_path: Pa
     preserved = "lpips" if task_name == "mini_object" else "lpips.related"
     assert float(rows[("NOOP", preserved)]["value"]) == pytest.approx(0.0, abs=1e-9)
     aspects = {r["aspect"] for r in rows.values()}
-    assert {"forgetting", "preservation", "alignment", "robustness"} <= aspects
+    assert {"forgetting", "fidelity", "preservation", "alignment", "robustness"} <= aspects
     if task_name != "mini_object":
         # Attribute tasks: the eraser's images are closer to ORG-on-stripped-prompts than the
         # no-op's (not identical: a stripped prompt leaves the texture or spot unspecified).

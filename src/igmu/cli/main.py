@@ -7,6 +7,7 @@ import sys
 
 from igmu import __version__
 from igmu.cli import (
+    demo_cmd,
     detect_cmd,
     evaluate_cmd,
     generate_cmd,
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for module in (
+        demo_cmd,
         tasks_cmd,
         generate_cmd,
         unlearn_cmd,

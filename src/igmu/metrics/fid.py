@@ -1,8 +1,9 @@
 """fid: Fréchet distance between a method's images and the original model's reference images.
 
-Whole-set metric (lower is better). On ``forget`` (attribute tasks) the reference is ORG on
-concept-stripped prompts: fidelity. On ``unrelated`` (entity tasks) it is ORG on the same
-prompts: preservation. The feature extractor (Inception or CLIP) is recorded.
+Whole-set metric (lower is better), aspect fidelity. On ``forget`` (attribute tasks) the
+reference is ORG on concept-stripped prompts; on ``unrelated`` (entity tasks) it is ORG on the
+same prompts; ``fid.related`` (preservation) compares near neighbours. The feature extractor
+(Inception, CLIP or the MiniWorld judges) is recorded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from igmu.metrics.base import (
     MetricResult,
     Sample,
     metric_name,
-    paired_aspect,
     reference_pairs,
 )
 
@@ -32,7 +32,9 @@ class Fid:
         self.task = task
         self.prompt_set = prompt_set
         self.name = metric_name("fid", prompt_set, primary_set)
-        self.aspect = paired_aspect(task, prompt_set)
+        # FID judges the quality of a whole image distribution against the original model's:
+        # fidelity on the task's main reference set, preservation on near neighbours.
+        self.aspect = "preservation" if prompt_set == "related" else "fidelity"
 
     def _pairs(self, paired: Any, method: str):
         return reference_pairs(paired, self.task, self.prompt_set, method)

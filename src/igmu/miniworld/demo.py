@@ -1,0 +1,120 @@
+"""`igmu demo`: the whole benchmark on the MiniWorld, offline, on a CPU.
+
+For each MiniWorld task: erase the concept from the shipped text-to-image model with UCE and ESD,
+generate ORG / UCE / ESD / NEGPROMPT images, evaluate all five aspects with the EvalIGMU engine
+(judges as detectors and FID/LPIPS features, the world's CLIP for alignment) and write a report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from igmu.backbones.config import load_models_config
+from igmu.errors import ModelNotFoundError
+
+MINI_TASKS = ("mini_attribute", "mini_object", "mini_style")
+METHODS = ("ORG", "UCE", "ESD", "NEGPROMPT")
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    tasks: tuple[str, ...] = MINI_TASKS
+    prompts_per_class: int = 3
+    images_per_prompt: int = 2
+    steps: int = 20
+    guidance: float = 4.0
+    esd_steps: int = 60
+    progress: bool = True
+
+
+def shipped_models() -> tuple[Path, Path]:
+    t2i, clip = WEIGHTS / "t2i", WEIGHTS / "clip"
+    for path, what in ((t2i, "text-to-image pipeline"), (clip, "CLIP")):
+        if not (path / ("model_index.json" if path == t2i else "config.json")).is_file():
+            raise ModelNotFoundError(
+                f"the MiniWorld {what} is not at {path}; this install has no shipped MiniWorld "
+                "weights. Train them with `igmu miniworld train --out DIR` and copy DIR/t2i and "
+                "DIR/clip there."
+            )
+    return t2i, clip
+
+
+def write_models_file(path: Path, t2i: Path, clip: Path, methods: dict[str, str],
+                      options: DemoOptions) -> Path:
+    models = {
+        "clip_detector": str(clip),
+        "clip_score": str(clip),
+        "fid": {"kind": "miniworld"},
+        "lpips": {"net": "miniworld"},
+        "generator": {"model": str(t2i), "steps": options.steps, "guidance": options.guidance,
+                      "height": 32, "width": 32},
+        "methods": methods,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(models, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _unlearned(method: str, base: Path, task, out: Path, settings: dict) -> Path:
+    from igmu.methods import unlearn
+
+    if (out / "igmu_method.json").is_file():
+        return out  # made by an earlier demo run with the same task; reuse it
+    unlearn(method, str(base), task, out, settings)
+    return out
+
+
+def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
+    """Run the demo into ``out``; returns ``out/metrics.csv``."""
+    from igmu.evaluation.engine import EvaluationOptions, evaluate
+    from igmu.generation import GenerateOptions, generate
+    from igmu.report.data import load_report_data
+    from igmu.report.page import render_html
+    from igmu.tasks import load_task
+
+    t2i, clip = shipped_models()
+    out.mkdir(parents=True, exist_ok=True)
+    combined: list[list[str]] = []
+    header: list[str] = []
+    for name in options.tasks:
+        started = time.perf_counter()
+        task = load_task(name)
+        say = print if options.progress else (lambda *a, **k: None)
+        say(f"[{name}] unlearning with UCE and ESD ...")
+        uce = _unlearned("UCE", t2i, task, out / "models" / name / "UCE", {"progress": False})
+        esd = _unlearned("ESD", t2i, task, out / "models" / name / "ESD",
+                         {"steps": options.esd_steps, "progress": options.progress})
+        models_file = write_models_file(out / "models" / name / "models.yaml", t2i, clip,
+                                        {"UCE": str(uce), "ESD": str(esd)}, options)
+        models = load_models_config(models_file)
+        say(f"[{name}] generating {', '.join(METHODS)} images ...")
+        generated = generate(task, out / "images" / name, models, GenerateOptions(
+            methods=list(METHODS), images_per_prompt=options.images_per_prompt,
+            max_prompts_per_class=options.prompts_per_class, progress=options.progress))
+        say(f"[{name}] evaluating ...")
+        run_dir = out / "runs" / name
+        evaluate(task, generated.manifest, run_dir, models, EvaluationOptions(
+            layout="manifest", store_path=out / "igmu.sqlite", progress=options.progress))
+        html, _ = render_html(load_report_data(run_dir))
+        (run_dir / "report.html").write_text(html, encoding="utf-8")
+        with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+        header, combined = rows[0], combined + rows[1:]
+        say(f"[{name}] done in {time.perf_counter() - started:.0f} s: {run_dir / 'report.html'}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(combined)
+    target = out / "metrics.csv"
+    tmp = target.with_suffix(".csv.tmp")
+    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    os.replace(tmp, target)
+    return target
