@@ -43,74 +43,10 @@ CLI_ARGS = [
 
 
 def build_tiny_sd(folder: Path) -> Path:
-    """A save_pretrained StableDiffusionPipeline with random tiny components (~8 MB)."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    """A save_pretrained StableDiffusionPipeline with random tiny components."""
+    from igmu.backbones.tiny import make_tiny_sd_pipeline
 
-    from igmu.backbones.tiny import write_char_tokenizer_files
-
-    tokenizer_dir = folder / "tokenizer_files"
-    tokenizer_dir.mkdir(parents=True)
-    vocab_size = write_char_tokenizer_files(tokenizer_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-    )
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=vocab_size,
-            max_position_embeddings=77,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipeline = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipeline = make_tiny_sd_pipeline(tokenizer_dir=folder / "tokenizer_files")
     pipeline.save_pretrained(str(folder / "pipeline"), safe_serialization=True)
     return folder / "pipeline"
 

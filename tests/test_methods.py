@@ -37,73 +37,9 @@ def one_thread():
 
 
 def build_tiny_pipeline(folder: Path, cross_dim: int = 32, max_length: int | None = 77):
-    """A StableDiffusionPipeline of tiny random parts (diffusers get_dummy_components style)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from igmu.backbones.tiny import make_tiny_sd_pipeline
 
-    from igmu.backbones.tiny import write_char_tokenizer_files
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = write_char_tokenizer_files(folder)
-    extra = {} if max_length is None else {"model_max_length": max_length}
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), **extra)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_dim,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=32,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab,
-            hidden_size=cross_dim,
-            intermediate_size=37,
-            num_hidden_layers=2 if cross_dim <= 64 else 1,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=vocab - 2,
-            eos_token_id=vocab - 1,
-            pad_token_id=vocab - 1,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return make_tiny_sd_pipeline(cross_dim, max_length, tokenizer_dir=folder)
 
 
 @pytest.fixture(scope="module")

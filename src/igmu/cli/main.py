@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from igmu import __version__
 from igmu.cli import (
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # diffusers' lazy imports warn about CUDA autocast on CPU-only machines; nothing to act on.
+    warnings.filterwarnings("ignore", message="CUDA is not available or torch_xla is imported")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
