@@ -12,6 +12,7 @@ from igmu.cli import (
     detect_cmd,
     evaluate_cmd,
     generate_cmd,
+    miniworld_cmd,
     models_cmd,
     report_cmd,
     tasks_cmd,
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         detect_cmd,
         report_cmd,
         models_cmd,
+        miniworld_cmd,
     ):
         module.register(commands)
     return parser
