@@ -16,7 +16,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--tasks", help="comma-separated MiniWorld tasks (default: all)")
-    parser.add_argument("--prompts-per-class", type=int, default=3)
+    parser.add_argument("--forget-prompts", type=int, default=12,
+                        help="forget prompts per task (default 12)")
+    parser.add_argument("--prompts-per-class", type=int, default=2,
+                        help="prompts per class of the other prompt sets (default 2)")
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(handler=run)
@@ -27,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from igmu.miniworld.demo import MINI_TASKS, DemoOptions, run_demo
 
     tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else MINI_TASKS
-    options = DemoOptions(tasks=tasks, prompts_per_class=args.prompts_per_class,
+    options = DemoOptions(tasks=tasks, forget_prompts=args.forget_prompts,
+                          prompts_per_class=args.prompts_per_class,
                           images_per_prompt=args.images_per_prompt, progress=not args.quiet)
     started = time.perf_counter()
     metrics = run_demo(args.out, options)

@@ -27,7 +27,10 @@ WEIGHTS = Path(__file__).parent / "weights"
 @dataclass(frozen=True)
 class DemoOptions:
     tasks: tuple[str, ...] = MINI_TASKS
-    prompts_per_class: int = 3
+    # Forget prompts (and ORG's stripped references) get more images than the other sets:
+    # they carry the headline numbers.
+    forget_prompts: int = 12
+    prompts_per_class: int = 2
     images_per_prompt: int = 2
     steps: int = 20
     guidance: float = 4.0
@@ -96,9 +99,15 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
                                         {"UCE": str(uce), "ESD": str(esd)}, options)
         models = load_models_config(models_file)
         say(f"[{name}] generating {', '.join(METHODS)} images ...")
-        generated = generate(task, out / "images" / name, models, GenerateOptions(
-            methods=list(METHODS), images_per_prompt=options.images_per_prompt,
-            max_prompts_per_class=options.prompts_per_class, progress=options.progress))
+        main_sets = ["forget", "stripped"] if task.reference == "stripped" else ["forget"]
+        other_sets = [s for s in ("unrelated", "related", "multilingual", "paraphrase")
+                      if s in task.prompt_sets
+                      and not (s == "unrelated" and task.reference == "stripped")]
+        for sets, per_class in ((main_sets, options.forget_prompts),
+                                (other_sets, options.prompts_per_class)):
+            generated = generate(task, out / "images" / name, models, GenerateOptions(
+                methods=list(METHODS), images_per_prompt=options.images_per_prompt,
+                prompt_sets=sets, max_prompts_per_class=per_class, progress=options.progress))
         say(f"[{name}] evaluating ...")
         run_dir = out / "runs" / name
         evaluate(task, generated.manifest, run_dir, models, EvaluationOptions(
