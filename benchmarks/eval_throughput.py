@@ -226,6 +226,7 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
     from igmu.evaluation.pairing import pair_images
     from igmu.metrics import functional as F
     from igmu.metrics.base import mean_result, rate_result, reference_pairs
+    from igmu.metrics.clip_score import scored_text
     from igmu.metrics.fid import primary_set
 
     def clip(reference: str, role: str) -> ClipBackbone:
@@ -288,7 +289,7 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
     # clip_score: each image against its prompt (image and text encoded per image).
     for method in paired.methods:
         samples = [
-            _Sample(image_text(rec.path, rec.prompt), rec)
+            _Sample(image_text(rec.path, scored_text(paired, task, rec)), rec)
             for rec in paired.records(method, primary)
         ]
         if samples:
@@ -300,8 +301,8 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
     for method in paired.methods:
         samples = []
         for ref, rec in reference_pairs(paired, task, primary, method):
-            ref_score = image_text(ref.path, rec.prompt)
-            own_score = image_text(rec.path, rec.prompt)
+            text = scored_text(paired, task, rec)
+            ref_score, own_score = image_text(ref.path, text), image_text(rec.path, text)
             samples.append(_Sample(float(F.csdr([ref_score], [own_score])[0]), rec))
         if samples:
             result = mean_result("csdr", "alignment", False, method, samples, resamples, seed)
@@ -532,8 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     if load_before > 0.5 * cpus or load_after > 1.5 * cpus:  # this process alone adds ~cpus
         print(
-            "WARNING: other processes share the CPUs; wall times are inflated and noisy "
-            "(use --repeats 3 on a quiet machine for stable numbers)"
+            "WARNING: other processes share the CPUs; wall times are inflated and noisy, and "
+            "batch-1 inference on >1 torch thread suffers most (inflating the ratios). Use "
+            "--repeats 3 on a quiet machine, or compare with --threads 1"
         )
     print(
         f"models: CLIP ViT-B/32 (CLIPConfig() defaults, 224px/32, proj 512, "

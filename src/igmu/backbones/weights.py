@@ -17,15 +17,24 @@ def sha256_of(path: str | Path) -> str:
 
 
 def weights_fingerprint(folder: Path) -> str:
-    """sha256 over a model folder's weight files (names + contents), stable across copies."""
+    """sha256 over a model folder's weight files (names + contents), stable across copies.
+
+    Hashed once per process for an unchanged folder: several roles often share one model.
+    """
     files = sorted(
         p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".pth", ".pt", ".onnx")
     )
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(sha256_of(path).encode())
-    return digest.hexdigest()
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if stamp not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(path.relative_to(folder).as_posix().encode())
+            digest.update(sha256_of(path).encode())
+        _FINGERPRINTS[stamp] = digest.hexdigest()
+    return _FINGERPRINTS[stamp]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
 
 
 def load_state_dict(path: str | Path, what: str) -> dict:
