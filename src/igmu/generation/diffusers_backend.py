@@ -33,6 +33,22 @@ PIPELINE_DIRECTIONS = (
 )
 
 
+# igmu's own pipeline classes, imported when a folder names them.
+_IGMU_PIPELINES = {"MiniWorldPipeline": "igmu.miniworld.pipeline"}
+
+
+def pipeline_class(location: str | Path) -> Any:
+    """The class that loads the pipeline folder: a registered one, igmu's own, or diffusers'."""
+    import importlib
+
+    diffusers = _import_diffusers()
+    index = json.loads((Path(location) / "model_index.json").read_text(encoding="utf-8"))
+    name = str(index.get("_class_name"))
+    if name not in PIPELINE_CLASSES and name in _IGMU_PIPELINES:
+        importlib.import_module(_IGMU_PIPELINES[name])
+    return PIPELINE_CLASSES.get(name, diffusers.DiffusionPipeline)
+
+
 def register_pipeline_class(cls: type) -> type:
     """Let pipeline folders whose model_index.json names ``cls.__name__`` load with ``cls``."""
     PIPELINE_CLASSES[cls.__name__] = cls
@@ -99,7 +115,7 @@ def load_pipeline(location: str, reference: str, field: str) -> Any:
 
     diffusers = _import_diffusers()
     index = json.loads((Path(location) / "model_index.json").read_text(encoding="utf-8"))
-    cls = PIPELINE_CLASSES.get(str(index.get("_class_name")), diffusers.DiffusionPipeline)
+    cls = pipeline_class(location)
     kwargs: dict[str, Any] = {"torch_dtype": torch.float32}
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)

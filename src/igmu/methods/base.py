@@ -304,14 +304,16 @@ def load_pipeline(base: Any, progress: bool = True) -> tuple[Any, BaseInfo]:
         reference = str(base)
         location = resolve_pipeline_location(reference)
         import torch
-        from diffusers import DiffusionPipeline
         from diffusers.utils import logging as diffusers_logging
 
         bar_was_on = diffusers_logging.is_progress_bar_enabled()
         if not progress:
             diffusers_logging.disable_progress_bar()
         try:
-            pipeline = DiffusionPipeline.from_pretrained(location, torch_dtype=torch.float32)
+            from igmu.generation.diffusers_backend import pipeline_class
+
+            cls = pipeline_class(location)
+            pipeline = cls.from_pretrained(location, torch_dtype=torch.float32)
         except Exception as exc:
             raise ModelNotFoundError(
                 f"Base model {reference}: diffusers cannot load the pipeline in {location}: "
