@@ -33,7 +33,7 @@ class DemoOptions:
     prompts_per_class: int = 2
     images_per_prompt: int = 2
     steps: int = 20
-    guidance: float = 3.0
+    guidance: float = 2.0
     esd_steps: int = 60
     progress: bool = True
 
