@@ -383,9 +383,7 @@ def zero_shot_accuracy(
     kinds += [(lang, lang, False) for lang in LANGUAGES if lang != "en"]
     result: dict[str, Any] = {"n": n, "seed": seed, "wording": asdict(EVAL_WORDING)}
     for name, language, paraphrase in kinds:
-        texts = [
-            describe(Scene(*c), language, EVAL_WORDING, paraphrase=paraphrase) for c in combos
-        ]
+        texts = [describe(Scene(*c), language, EVAL_WORDING, paraphrase=paraphrase) for c in combos]
         sims = (image_feats @ _text_features(model, tokenizer, texts).t()).numpy()
         accuracy: dict[str, float] = {}
         for factor in FACTORS:

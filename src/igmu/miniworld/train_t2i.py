@@ -105,13 +105,18 @@ class T2IConfig:
     eval_steps: int = DEFAULT_STEPS
 
 
-SHORT_CLIP = ClipTrainConfig(steps=8, batch_size=32, pool_size=256, eval_images=32, warmup=2)
+# The CI schedule runs on one thread: on shared cores a 2-thread pool fighting other processes
+# is several times slower than one thread.
+SHORT_CLIP = ClipTrainConfig(
+    steps=8, batch_size=32, pool_size=256, eval_images=32, warmup=2, threads=1
+)
 SHORT_T2I = T2IConfig(
     steps=30,
     batch_size=8,
     lr=1e-3,
     warmup=3,
     pool_size=256,
+    threads=1,
     checkpoint_every=0,
     bf16=False,
     probe_size=16,
@@ -242,8 +247,15 @@ class _Batcher:
 
 
 def _diffusion_loss(
-    torch: Any, unet: Any, scheduler: Any, x0: Any, states: Any, t: Any, noise: Any,
-    gamma: float, bf16: bool,
+    torch: Any,
+    unet: Any,
+    scheduler: Any,
+    x0: Any,
+    states: Any,
+    t: Any,
+    noise: Any,
+    gamma: float,
+    bf16: bool,
 ) -> Any:
     noisy = scheduler.add_noise(x0, noise, t)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -302,15 +314,20 @@ def _train_t2i(
         with torch.no_grad():
             return float(
                 _diffusion_loss(
-                    torch, model, scheduler, probe_x0, probe_states, probe_t, probe_noise,
-                    config.snr_gamma, False,
+                    torch,
+                    model,
+                    scheduler,
+                    probe_x0,
+                    probe_states,
+                    probe_t,
+                    probe_noise,
+                    config.snr_gamma,
+                    False,
                 )
             )
 
     probe_before = probe_loss(unet)
-    optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = _Ema(unet, config.ema_decay)
     losses: list[float] = []
     checkpoints: list[dict[str, Any]] = []
@@ -340,9 +357,7 @@ def _train_t2i(
         x0, states = batcher.draw(rng, config.batch_size)
         t = torch.randint(0, steps_total, (config.batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
-        loss = _diffusion_loss(
-            torch, unet, scheduler, x0, states, t, noise, config.snr_gamma, bf16
-        )
+        loss = _diffusion_loss(torch, unet, scheduler, x0, states, t, noise, config.snr_gamma, bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -371,15 +386,19 @@ def _train_t2i(
         "probe_loss_after": probe_after,
         "probe_loss_after_ema": probe_after_ema,
     }
-    log(f"[t2i] trained in {train_seconds:.0f}s; probe loss {probe_before:.4f} -> "
-        f"{probe_after:.4f} (EMA {probe_after_ema:.4f})")
+    log(
+        f"[t2i] trained in {train_seconds:.0f}s; probe loss {probe_before:.4f} -> "
+        f"{probe_after:.4f} (EMA {probe_after_ema:.4f})"
+    )
     if config.eval_images:
         reloaded = load_pipeline(out)
         result["judges"] = {}
         for guidance in config.eval_guidance:
             eval_start = time.time()
             report = judge_accuracy(
-                reloaded, n=config.eval_images, guidance_scale=guidance,
+                reloaded,
+                n=config.eval_images,
+                guidance_scale=guidance,
                 num_inference_steps=config.eval_steps,
             )
             report["seconds"] = round(time.time() - eval_start, 1)
@@ -448,10 +467,12 @@ def judge_prompts(n: int, seed: int = JUDGE_EVAL_SEED) -> list[tuple[str, dict[s
     rng = np.random.default_rng(seed)
     prompts = []
     for i in range(n):
-        scene = sample_scene(rng, shape=("circle", "square", "triangle", "cross")[i % 4],
-                             colour=("red", "green", "blue", "yellow")[(i // 4) % 4])
-        wording = Wording(style_form="adj" if rng.random() < 0.5 else "with",
-                          background_form=None)
+        scene = sample_scene(
+            rng,
+            shape=("circle", "square", "triangle", "cross")[i % 4],
+            colour=("red", "green", "blue", "yellow")[(i // 4) % 4],
+        )
+        wording = Wording(style_form="adj" if rng.random() < 0.5 else "with", background_form=None)
         labels = scene.labels()
         prompts.append((describe(scene, "en", wording), {f: labels[f] for f in JUDGED_FACTORS}))
     return prompts
@@ -473,7 +494,7 @@ def generate(
     images: list[np.ndarray] = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch]]
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch]]
         out = pipeline(
             prompt=chunk,
             generator=generators,
@@ -505,8 +526,9 @@ def judge_accuracy(
         pipeline, prompts, [seed + i for i in range(n)], guidance_scale, num_inference_steps
     )
     predicted = judge.predict(images)
-    correct = {f: np.asarray([predicted[f][i] == items[i][1][f] for i in range(n)])
-               for f in JUDGED_FACTORS}
+    correct = {
+        f: np.asarray([predicted[f][i] == items[i][1][f] for i in range(n)]) for f in JUDGED_FACTORS
+    }
     accuracy = {f: float(c.mean()) for f, c in correct.items()}
     accuracy["all"] = float(np.mean(np.all([correct[f] for f in JUDGED_FACTORS], axis=0)))
     by_value: dict[str, dict[str, float]] = {}
@@ -603,24 +625,40 @@ def main(argv: list[str] | None = None) -> int:
         description="Train the MiniWorld tiny CLIP and text-to-image model (CPU).",
     )
     parser.add_argument("--out", help="output folder: clip/, t2i/, checkpoints/")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"text-to-image steps (default {T2IConfig.steps}; short "
-                             f"{SHORT_T2I.steps})")
-    parser.add_argument("--clip-steps", type=int, default=None,
-                        help=f"CLIP steps (default {ClipTrainConfig.steps}; short "
-                             f"{SHORT_CLIP.steps})")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"text-to-image steps (default {T2IConfig.steps}; short {SHORT_T2I.steps})",
+    )
+    parser.add_argument(
+        "--clip-steps",
+        type=int,
+        default=None,
+        help=f"CLIP steps (default {ClipTrainConfig.steps}; short {SHORT_CLIP.steps})",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="text-to-image batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--short", action="store_true", help="the CI schedule (seconds)")
     parser.add_argument("--clip", default=None, help="use this trained CLIP folder (no CLIP run)")
-    parser.add_argument("--eval-images", type=int, default=None,
-                        help="images per guidance scale for the final judge evaluation")
-    parser.add_argument("--evaluate", metavar="DIR", default=None,
-                        help="only judge the pipeline folder DIR (no training)")
-    parser.add_argument("--guidance", default="1.5,2,3",
-                        help="with --evaluate: comma-separated guidance scales")
-    parser.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS,
-                        help="with --evaluate: sampling steps")
+    parser.add_argument(
+        "--eval-images",
+        type=int,
+        default=None,
+        help="images per guidance scale for the final judge evaluation",
+    )
+    parser.add_argument(
+        "--evaluate",
+        metavar="DIR",
+        default=None,
+        help="only judge the pipeline folder DIR (no training)",
+    )
+    parser.add_argument(
+        "--guidance", default="1.5,2,3", help="with --evaluate: comma-separated guidance scales"
+    )
+    parser.add_argument(
+        "--sample-steps", type=int, default=DEFAULT_STEPS, help="with --evaluate: sampling steps"
+    )
     args = parser.parse_args(argv)
     started = time.time()
 
@@ -635,12 +673,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required (unless --evaluate)")
 
     metadata = train(
-        args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-        clip_steps=args.clip_steps, short=args.short, clip_dir=args.clip,
-        eval_images=args.eval_images, log=log,
+        args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        clip_steps=args.clip_steps,
+        short=args.short,
+        clip_dir=args.clip,
+        eval_images=args.eval_images,
+        log=log,
     )
-    log(f"done in {time.time() - started:.0f}s; probe loss "
-        f"{metadata['probe_loss_before']:.4f} -> {metadata['probe_loss_after_ema']:.4f}")
+    log(
+        f"done in {time.time() - started:.0f}s; probe loss "
+        f"{metadata['probe_loss_before']:.4f} -> {metadata['probe_loss_after_ema']:.4f}"
+    )
     return 0
 
 
