@@ -134,3 +134,62 @@ def test_minor_word_pattern_is_whole_word():
     assert MINOR_WORDS.search("a Young woman")
     assert MINOR_WORDS.search("a kid, outdoors")
     assert not MINOR_WORDS.search("a woman in kidskin gloves")
+
+
+@pytest.mark.parametrize("name", ["mini_object", "mini_style", "mini_attribute"])
+def test_mini_unlearning_prompts_are_paired_and_never_evaluated(name):
+    from igmu.miniworld.oracle import parse_caption
+
+    task = load_task(name)
+    assert task.unlearning is not None and len(task.unlearning.erase) == 120
+    # (stripped prompts are ORG's reference inputs, not scored prompts of the erased model)
+    evaluated = {
+        p.text for name, s in task.prompt_sets.items() if name != "stripped" for p in s.prompts()
+    }
+    assert not {p for p, _ in task.unlearning.erase} & evaluated
+    assert not set(task.unlearning.preserve) & evaluated
+    field = {"mini_object": "shape", "mini_style": "style", "mini_attribute": "attribute"}[name]
+    for prompt, anchor in task.unlearning.erase:
+        asked, without = parse_caption(prompt), parse_caption(anchor)
+        # the anchor is the same caption with only the concept's factor changed
+        assert asked[field] != without[field]
+        assert {k: v for k, v in asked.items() if k != field} == {
+            k: v for k, v in without.items() if k != field
+        }
+
+
+def _with_unlearning(section: str) -> str:
+    from importlib import resources
+
+    text = resources.files("igmu.tasks").joinpath("builtin", "church.yaml").read_text("utf-8")
+    return text + "\nunlearning:\n" + section
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("  erase:\n  - prompt: a red church\n", "exactly 'prompt' and 'anchor'"),
+        ("  erase:\n  - {prompt: a church, anchor: a church}\n", "must differ"),
+        ("  erase: []\n", "non-empty list"),
+        ("  erase:\n  - {prompt: a red church, anchor: a red barn}\n  presrve: [a cat]\n",
+         "Did you mean 'preserve'"),
+    ],
+)
+def test_bad_unlearning_section_names_the_field(section, message):
+    from igmu.errors import ConfigError
+    from igmu.tasks.loader import parse_task
+
+    with pytest.raises(ConfigError, match=message) as error:
+        parse_task(_with_unlearning(section), "church-edit.yaml")
+    assert "church-edit.yaml" in str(error.value)
+
+
+def test_unlearning_prompts_must_not_be_evaluated_prompts():
+    from igmu.errors import ConfigError
+    from igmu.tasks.loader import parse_task
+
+    church = load_task("church")
+    evaluated = church.prompt_set("forget").prompts()[0].text
+    section = f"  erase:\n  - {{prompt: '{evaluated}', anchor: a barn}}\n"
+    with pytest.raises(ConfigError, match="repeats the evaluated prompt"):
+        parse_task(_with_unlearning(section), "church-edit.yaml")

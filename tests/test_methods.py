@@ -279,3 +279,88 @@ def test_cli(tiny_base, tmp_path, capsys) -> None:
     code = main(["--method", "NEGPROMPT", "--task", "church", "--base", str(tiny_base),
                  "--out", str(tmp_path / "neg"), "--card-only"])
     assert code == 0 and "negative_prompt='church'" in capsys.readouterr().out
+
+
+def church_with_pairs(church):
+    """The church task with in-context erase pairs and preserve prompts (the MiniWorld tasks'
+    ``unlearning`` section, here on SD-shaped models)."""
+    import dataclasses
+
+    from igmu.tasks.model import UnlearningPrompts
+
+    pairs = (
+        ("a photo of a church on a hill", "a photo of a barn on a hill"),
+        ("a stone church in the rain", "a stone house in the rain"),
+        ("an old church", "an old building"),
+    )
+    return dataclasses.replace(
+        church,
+        unlearning=UnlearningPrompts(erase=pairs, preserve=("a cat on a hill", "a red chair")),
+    )
+
+
+def hidden_and_ids(pipeline, prompts: list[str]):
+    batch = pipeline.tokenizer(
+        prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        hidden = pipeline.text_encoder(batch.input_ids)[0].double()
+    return hidden, batch.input_ids, batch.attention_mask
+
+
+def test_uce_context_mode_is_the_closed_form_on_in_context_pairs(tiny_pipeline, church) -> None:
+    """tokens=auto picks 'context' for the task's pairs; the edited W' satisfies UCE's normal
+    equations for rows built independently here: every position from the first token where
+    prompt and anchor differ, aligned with the anchor from the end."""
+    from igmu.methods import cross_attention_projections
+
+    task = church_with_pairs(church)
+    method = get_method("UCE")
+    settings = method.settings({"lamb": 0.5, **QUIET})
+    pipeline = copy_with_private_unet(tiny_pipeline)
+    outcome = method.edit(pipeline, task, settings)
+    assert outcome.hyperparameters["tokens"] == "context"
+    assert outcome.concepts == [p for p, _ in task.unlearning.erase]
+    assert outcome.preserved == list(task.unlearning.preserve)
+
+    prompts = [p for p, _ in task.unlearning.erase]
+    anchors = [a for _, a in task.unlearning.erase]
+    h_e, ids_e, m_e = hidden_and_ids(tiny_pipeline, prompts)
+    h_a, ids_a, m_a = hidden_and_ids(tiny_pipeline, anchors)
+    erase_rows, anchor_rows = [], []
+    for i in range(len(prompts)):
+        first = int((ids_e[i] != ids_a[i]).nonzero()[0])
+        extra = int(m_e[i].sum() - m_a[i].sum())
+        for p in range(first, 77):
+            erase_rows.append(h_e[i, p])
+            anchor_rows.append(h_a[i, min(76, max(first, p - extra))])
+    e, a = torch.stack(erase_rows), torch.stack(anchor_rows)
+    keep = hidden_and_ids(tiny_pipeline, list(task.unlearning.preserve))[0].reshape(-1, 32)
+    eye = torch.eye(32, dtype=torch.float64)
+    edited = dict(cross_attention_projections(pipeline.unet))
+    for name, linear in cross_attention_projections(tiny_pipeline.unet):
+        old, new = linear.weight.double(), edited[name].weight.double()
+        lhs = new @ (0.5 * eye + e.T @ e + keep.T @ keep)
+        rhs = 0.5 * old + (a @ old.T).T @ e + (keep @ old.T).T @ keep
+        assert torch.allclose(lhs, rhs, rtol=1e-4, atol=1e-5), name
+        # and the edit moved the prompts' keys/values towards the anchors'
+        gap_before = (e @ old.T - a @ old.T).norm()
+        assert (e @ new.T - a @ old.T).norm() < 0.5 * gap_before, name
+
+
+def test_esd_guides_away_from_the_anchor_for_pairs(tiny_pipeline, church) -> None:
+    method = get_method("ESD")
+    task = church_with_pairs(church)
+    outcome = method.edit(copy_with_private_unet(tiny_pipeline), task, method.settings(ESD_FAST))
+    assert outcome.hyperparameters["reference"] == "anchor"
+    assert outcome.concepts == [p for p, _ in task.unlearning.erase]
+    assert outcome.stats["probe_loss_after"] < outcome.stats["probe_loss_before"]
+    # The paper's form is still there, and a task without pairs cannot ask for anchors.
+    paper = method.edit(
+        copy_with_private_unet(tiny_pipeline), task, method.settings({**ESD_FAST,
+                                                                       "reference": "null"})
+    )
+    assert paper.hyperparameters["reference"] == "null" and paper.anchor == ""
+    with pytest.raises(ConfigError, match="reference=anchor needs"):
+        method.edit(copy_with_private_unet(tiny_pipeline), church,
+                    method.settings({**ESD_FAST, "reference": "anchor"}))

@@ -32,8 +32,9 @@ def oracle_manifest(root: Path, task_name: str, prompts_per_class: int = 6) -> P
     task = load_task(task_name)
     target = TARGETS[task_name]
     rows: list = []
-    sets = ["forget", "multilingual", "paraphrase", "related"]
-    sets.append("stripped" if task.reference == "stripped" else "unrelated")
+    sets = ["forget", "multilingual", "paraphrase", "related", "unrelated"]
+    if task.reference == "stripped":
+        sets.append("stripped")
     for prompt_set in sets:
         for class_name, prompts in task.prompt_set(prompt_set).classes:
             for index, prompt in enumerate(prompts[:prompts_per_class]):
@@ -82,6 +83,16 @@ def test_oracle_eraser_and_noop(task_name: str, world_models: Path, tmp_path: Pa
     # The no-op changes nothing: zero perceptual distance to ORG on preserved prompts.
     preserved = "lpips" if task_name == "mini_object" else "lpips.related"
     assert float(rows[("NOOP", preserved)]["value"]) == pytest.approx(0.0, abs=1e-9)
+    # Ground-truth preservation: the eraser keeps the rest of each forget prompt and every
+    # unrelated / related prompt; ORG draws everything asked.
+    for method in ("ORG", "NOOP", "ERASER"):
+        assert float(rows[(method, "prompt_accuracy.forget")]["value"]) >= 0.98
+        assert float(rows[(method, "prompt_accuracy.related")]["value"]) >= 0.98
+        assert float(rows[(method, "prompt_accuracy.unrelated")]["value"]) >= 0.98
+        # the renderer is the ground truth: its images are at distance ~0 from it
+        assert float(rows[(method, "fid_world")]["value"]) == pytest.approx(0.0, abs=1e-3)
+    assert rows[("ERASER", "prompt_accuracy.forget")]["aspect"] == "preservation"
+    assert rows[("ORG", "fid_world")]["aspect"] == "fidelity"
     aspects = {r["aspect"] for r in rows.values()}
     assert {"forgetting", "fidelity", "preservation", "alignment", "robustness"} <= aspects
     if task_name != "mini_object":

@@ -14,25 +14,43 @@ def register(commands: argparse._SubParsersAction) -> None:
         "ESD and NEGPROMPT images with the shipped tiny text-to-image model, evaluate all five "
         "aspects and write a report per task. Writes DIR/metrics.csv and DIR/runs/<task>/.",
     )
+    from igmu.miniworld.demo import DemoOptions
+
+    defaults = DemoOptions()
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--tasks", help="comma-separated MiniWorld tasks (default: all)")
-    parser.add_argument("--forget-prompts", type=int, default=12,
-                        help="forget prompts per task (default 12)")
-    parser.add_argument("--prompts-per-class", type=int, default=2,
-                        help="prompts per class of the other prompt sets (default 2)")
-    parser.add_argument("--images-per-prompt", type=int, default=2)
+    parser.add_argument("--forget-prompts", type=int, default=defaults.forget_prompts,
+                        help="forget prompts per task (default %(default)s), each drawn "
+                        f"{defaults.forget_images_per_prompt} times")
+    parser.add_argument("--prompts-per-class", type=int, default=defaults.prompts_per_class,
+                        help="prompts per class of the other prompt sets (default %(default)s)")
+    parser.add_argument("--images-per-prompt", type=int, default=defaults.images_per_prompt,
+                        help="images per prompt of the other prompt sets (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=defaults.steps,
+                        help="DDIM steps per image (default %(default)s)")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from igmu.cli.evaluate_cmd import print_table
+    from igmu.errors import ConfigError
     from igmu.miniworld.demo import MINI_TASKS, DemoOptions, run_demo
+    from igmu.registry import did_you_mean
 
     tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else MINI_TASKS
+    for task in tasks:
+        if task not in MINI_TASKS:
+            raise ConfigError(
+                f"--tasks: {task!r} is not a MiniWorld task.{did_you_mean(task, list(MINI_TASKS))}"
+            )
+    for name in ("forget_prompts", "prompts_per_class", "images_per_prompt", "steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
     options = DemoOptions(tasks=tasks, forget_prompts=args.forget_prompts,
                           prompts_per_class=args.prompts_per_class,
-                          images_per_prompt=args.images_per_prompt, progress=not args.quiet)
+                          images_per_prompt=args.images_per_prompt, steps=args.steps,
+                          progress=not args.quiet)
     started = time.perf_counter()
     metrics = run_demo(args.out, options)
     from igmu.report.data import load_report_data

@@ -211,12 +211,18 @@ def require(condition: bool, message: str) -> None:
 
 
 def default_concepts(task: Task) -> list[str]:
-    """The prompts to erase: the task's concept name, then its concept words (no duplicates)."""
+    """The prompts to erase: the task's in-context erase prompts (its ``unlearning`` section)
+    when it has them, else its concept name and concept words (no duplicates)."""
+    if task.unlearning is not None:
+        return unique(prompt for prompt, _ in task.unlearning.erase)
     return unique([task.concept_name, *task.concept_words])
 
 
 def default_preserved(task: Task, concepts: list[str]) -> list[str]:
-    """Class names of the task's unrelated and related prompt sets (``_`` read as a space)."""
+    """The task's ``unlearning.preserve`` prompts when it has them, else the class names of its
+    unrelated and related prompt sets (``_`` read as a space)."""
+    if task.unlearning is not None and task.unlearning.preserve:
+        return unique(task.unlearning.preserve)
     names = []
     for set_name in ("unrelated", "related"):
         if set_name in task.prompt_sets:

@@ -12,8 +12,15 @@ prediction guided *away* from the concept:
         - \eta\,(\epsilon_\theta(x_t, c, t) - \epsilon_\theta(x_t, \varnothing, t))\big] \big\|^2
 
 with θ the frozen original UNet, c the text embedding of a concept prompt drawn uniformly per step
-from the erase prompts (default: the task's concept name and concept words), ∅ the empty prompt,
-and η the negative guidance (``eta``, default 1.0 as in the paper).
+from the erase prompts (default: the task's in-context ``unlearning.erase`` prompts when it has
+them, else its concept name and concept words), ∅ the empty prompt, and η the negative guidance
+(``eta``, default 1.0 as in the paper).
+
+``reference`` (igmu's): ``null`` is the paper's ∅ above. ``anchor`` replaces ∅ by the erase
+prompt's paired anchor a (the same prompt without the concept), so the guidance pushes away from
+the *difference* between c and a, ``ε_θ(x_t, a) - η (ε_θ(x_t, c) - ε_θ(x_t, a))``. With in-context
+prompts the paper's form pushes away from the whole prompt (colour, background, ...), not only
+the concept. ``auto`` (default): ``anchor`` when the prompts are the task's pairs, else ``null``.
 
 x_t (``x_t = "sample"``, default, as in the authors' code): a DDIM sampler built from the
 pipeline's scheduler config runs ``k`` of ``ddim_steps`` steps from Gaussian noise with the
@@ -44,6 +51,7 @@ from igmu.methods.base import (
 from igmu.tasks import Task
 
 X_T_MODES = ("sample", "noise")
+REFERENCES = ("auto", "null", "anchor")
 PARAM_SETS = ("xattn", "xattn-strict")
 PROBE_SEED_OFFSET = 1_000_003
 
@@ -59,7 +67,13 @@ def trainable(name: str, params: str) -> bool:
 
 
 class _Trainer:
-    def __init__(self, pipeline: Any, settings: dict[str, Any], concepts: list[str]) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        settings: dict[str, Any],
+        concepts: list[str],
+        anchors: dict[str, str] | None = None,
+    ) -> None:
         import copy
 
         import torch
@@ -74,6 +88,10 @@ class _Trainer:
         hidden, _ = encode_prompts(pipeline, ["", *concepts], self.device)
         self.null = hidden[:1]
         self.cond = {c: hidden[i + 1 : i + 2] for i, c in enumerate(concepts)}
+        self.reference = {c: self.null for c in concepts}
+        if anchors is not None:
+            anchor_hidden, _ = encode_prompts(pipeline, [anchors[c] for c in concepts], self.device)
+            self.reference = {c: anchor_hidden[i : i + 1] for i, c in enumerate(concepts)}
         self.concepts = concepts
         self.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
         self.scheduler.set_timesteps(settings["ddim_steps"], device=self.device)
@@ -82,8 +100,8 @@ class _Trainer:
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         self.shape = (1, config.in_channels, height, width)
 
-    def draw(self, rng: random.Random, generator: Any) -> tuple[Any, Any, Any]:
-        """(x_t, t, concept embedding) for one training step."""
+    def draw(self, rng: random.Random, generator: Any) -> tuple[Any, Any, str]:
+        """(x_t, t, concept prompt) for one training step."""
         import torch
 
         concept = rng.choice(self.concepts)
@@ -104,22 +122,21 @@ class _Trainer:
                     out = self.frozen(model_in, step_t, encoder_hidden_states=both).sample
                     uncond, text = out.chunk(2)
                     z = self.scheduler.step(uncond + g * (text - uncond), step_t, z).prev_sample
-        return z, t, cond
+        return z, t, concept
 
-    def target(self, z: Any, t: Any, cond: Any) -> Any:
+    def target(self, z: Any, t: Any, concept: str) -> Any:
         import torch
 
+        states = torch.cat([self.reference[concept], self.cond[concept]])
         with torch.no_grad():
-            out = self.frozen(
-                torch.cat([z, z]), t, encoder_hidden_states=torch.cat([self.null, cond])
-            ).sample
-            e_null, e_cond = out.chunk(2)
-            return e_null - self.settings["eta"] * (e_cond - e_null)
+            out = self.frozen(torch.cat([z, z]), t, encoder_hidden_states=states).sample
+            e_ref, e_cond = out.chunk(2)
+            return e_ref - self.settings["eta"] * (e_cond - e_ref)
 
-    def loss(self, z: Any, t: Any, cond: Any, target: Any) -> Any:
+    def loss(self, z: Any, t: Any, concept: str, target: Any) -> Any:
         import torch
 
-        prediction = self.unet(z, t, encoder_hidden_states=cond).sample
+        prediction = self.unet(z, t, encoder_hidden_states=self.cond[concept]).sample
         return torch.nn.functional.mse_loss(prediction, target)
 
 
@@ -141,6 +158,7 @@ class ESD(UnlearningMethod):
         "params": "xattn",
         "latent_size": 0,  # 0 = the UNet's sample_size
         "probe": 4,
+        "reference": "auto",
     }
 
     def edit(self, pipeline: Any, task: Task, settings: dict[str, Any]) -> EditOutcome:
@@ -156,12 +174,26 @@ class ESD(UnlearningMethod):
         require(
             settings["params"] in PARAM_SETS, f"ESD setting 'params' must be one of {PARAM_SETS}"
         )
+        require(
+            settings["reference"] in REFERENCES,
+            f"ESD setting 'reference' must be one of {REFERENCES}",
+        )
         # ESD conditions on the concept alone; preserved concepts are not part of its loss.
         concepts, _ = concepts_and_preserved(task, {"concepts": settings["concepts"],
                                                     "preserve": []})
+        paired = task.unlearning is not None and settings["concepts"] is None
+        reference = settings["reference"]
+        if reference == "auto":
+            reference = "anchor" if paired else "null"
+        require(
+            reference == "null" or paired,
+            "ESD setting reference=anchor needs the task's unlearning.erase pairs (and no "
+            "'concepts' setting)",
+        )
+        anchors = dict(task.unlearning.erase) if reference == "anchor" else None
         seed = settings["seed"]
         torch.manual_seed(seed)
-        trainer = _Trainer(pipeline, settings, concepts)
+        trainer = _Trainer(pipeline, settings, concepts, anchors)
 
         trainer.unet.requires_grad_(False)
         names, params = [], []
@@ -212,6 +244,7 @@ class ESD(UnlearningMethod):
             key: settings[key]
             for key in ("steps", "lr", "eta", "guidance", "ddim_steps", "x_t", "params")
         }
+        hyperparameters["reference"] = reference
         hyperparameters.update(
             latent_shape=list(trainer.shape), optimizer="Adam", batch_size=1,
             scheduler="DDIMScheduler",
@@ -221,7 +254,7 @@ class ESD(UnlearningMethod):
         return EditOutcome(
             concepts=concepts,
             preserved=[],
-            anchor="",
+            anchor="the task's unlearning.erase anchors" if anchors else "",
             hyperparameters=hyperparameters,
             edited_parameters=names,
             stats={

@@ -34,6 +34,15 @@ Token selection (``tokens``):
   token, aligned position by position with the anchor's tail; preserved prompts use every position.
 - ``phrase``: every non-special token of the concept phrase mapped to the anchor's last token;
   preserved prompts use their non-special tokens.
+- ``context`` (igmu's; for erase prompts given *in context* with paired anchors, such as a task's
+  ``unlearning.erase`` pairs "a red cross on grey" -> "a red circle on grey"): every position from
+  the first token where prompt and anchor differ to the end of the padded sequence, aligned with
+  the anchor from the end (the prompt's extra tokens map to the anchor's first differing
+  position). In a causal text encoder every token after the concept carries it, and a small
+  model's UNet reads those tokens as much as the concept's own; preserved prompts use every
+  position.
+- ``auto`` (default): ``context`` when the erase prompts come from the task's ``unlearning``
+  pairs, else ``last``.
 
 Defaults follow the authors' script: ``lamb = 0.5``, ``erase_scale = 1``, ``preserve_scale = 1``,
 keys and values edited. ``expand`` adds the authors' prompt templates ("painting by {c}", ... for
@@ -52,11 +61,12 @@ from igmu.methods.base import (
     encode_prompts,
     register_method,
     require,
+    token_length,
     unique,
 )
 from igmu.tasks import Task
 
-TOKEN_MODES = ("last", "tail", "phrase")
+TOKEN_MODES = ("auto", "last", "tail", "phrase", "context")
 STYLE_TEMPLATES = (
     "painting by {c}", "art by {c}", "artwork by {c}", "picture by {c}", "style of {c}",
 )
@@ -75,6 +85,19 @@ def _positions(mask: Any) -> tuple[int, int]:
     return max(count, 0), count
 
 
+def token_ids(pipeline: Any, prompts: list[str]) -> list[list[int]]:
+    """Padded token ids, as encode_prompts feeds them to the text encoder."""
+    length = token_length(pipeline)
+    batch = pipeline.tokenizer(
+        prompts, padding="max_length", max_length=length, truncation=True
+    )
+    return [list(row) for row in batch.input_ids]
+
+
+def _first_difference(a: list[int], b: list[int]) -> int | None:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
+
+
 def token_vectors(
     pipeline: Any,
     prompts: list[str],
@@ -90,12 +113,24 @@ def token_vectors(
     erase_rows, anchor_rows = [], []
     n = len(prompts)
     length = hidden.shape[1]
+    ids = token_ids(pipeline, prompts + anchors) if mode == "context" else None
     for i in range(n):
         e, a = hidden[i], hidden[n + i]
         last_e, count_e = _positions(masks[i])
         last_a, _ = _positions(masks[n + i])
         require(count_e > 0, f"UCE: concept prompt {prompts[i]!r} has no tokens to edit")
-        if mode == "last":
+        if mode == "context":
+            first = _first_difference(ids[i], ids[n + i])
+            require(
+                first is not None,
+                f"UCE: erase prompt {prompts[i]!r} and its anchor tokenize the same",
+            )
+            extra = int(masks[i].sum() - masks[n + i].sum())
+            for position in range(first, length):
+                erase_rows.append(e[position : position + 1])
+                aligned = min(length - 1, max(first, position - extra))
+                anchor_rows.append(a[aligned : aligned + 1])
+        elif mode == "last":
             erase_rows.append(e[last_e : last_e + 1])
             anchor_rows.append(a[last_a : last_a + 1])
         elif mode == "tail":
@@ -123,7 +158,7 @@ def preserve_vectors(pipeline: Any, prompts: list[str], mode: str, device: Any) 
             continue
         if mode == "last":
             rows.append(hidden[i, last : last + 1])
-        elif mode == "tail":
+        elif mode in ("tail", "context"):
             rows.append(hidden[i])
         else:
             rows.append(hidden[i, 1 : last + 1])
@@ -172,11 +207,13 @@ class UCE(UnlearningMethod):
     defaults = {
         "concepts": None,
         "preserve": None,
-        "anchor": None,  # None = "" (objects, NSFW) or "art" (styles)
+        # None: the task's paired anchors (unlearning.erase) when the erase prompts are the
+        # task's, else "" (objects, NSFW) or "art" (styles)
+        "anchor": None,
         "lamb": 0.5,
         "erase_scale": 1.0,
         "preserve_scale": 1.0,
-        "tokens": "last",
+        "tokens": "auto",
         "edit_keys": True,
         "expand": False,
     }
@@ -191,15 +228,30 @@ class UCE(UnlearningMethod):
         require(settings["erase_scale"] > 0, "UCE setting 'erase_scale' must be > 0")
         require(settings["preserve_scale"] >= 0, "UCE setting 'preserve_scale' must be >= 0")
         concepts, preserved = concepts_and_preserved(task, settings)
+        paired = (
+            task.unlearning is not None
+            and settings["concepts"] is None
+            and settings["anchor"] is None
+        )
+        if mode == "auto":
+            mode = "context" if paired else "last"
         if settings["expand"]:
+            require(not paired, "UCE setting 'expand' needs concept words, not the task's "
+                    "in-context erase pairs; pass 'concepts' too")
             templates = STYLE_TEMPLATES if task.node.startswith("style.") else OBJECT_TEMPLATES
             concepts = unique(concepts + [t.format(c=c) for c in concepts for t in templates])
-        anchor = settings["anchor"] if settings["anchor"] is not None else default_anchor(task)
+        if paired:
+            anchor_of = dict(task.unlearning.erase)
+            anchor_list = [anchor_of[c] for c in concepts]
+            anchor: Any = "the task's unlearning.erase anchors"
+        else:
+            anchor = settings["anchor"] if settings["anchor"] is not None else default_anchor(task)
+            anchor_list = [anchor] * len(concepts)
 
         device = torch.device(settings["device"])
         pipeline.text_encoder.to(device)
         torch.manual_seed(settings["seed"])
-        erase, anchors = token_vectors(pipeline, concepts, [anchor] * len(concepts), mode, device)
+        erase, anchors = token_vectors(pipeline, concepts, anchor_list, mode, device)
         keep = preserve_vectors(pipeline, preserved, mode, device)
 
         edited, per_kind = [], {}

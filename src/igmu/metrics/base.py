@@ -91,8 +91,10 @@ def load_all() -> None:
         clip_score,
         csdr,
         fid,
+        fid_world,
         lpips,
         person_rate,
+        prompt_accuracy,
         related_retention,
         residual_rate,
     )

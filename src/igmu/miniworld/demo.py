@@ -29,12 +29,19 @@ class DemoOptions:
     tasks: tuple[str, ...] = MINI_TASKS
     # Forget prompts (and ORG's stripped references) get more images than the other sets:
     # they carry the headline numbers.
-    forget_prompts: int = 12
-    prompts_per_class: int = 2
-    images_per_prompt: int = 2
-    steps: int = 20
+    forget_prompts: int = 16
+    forget_images_per_prompt: int = 2
+    prompts_per_class: int = 3
+    images_per_prompt: int = 1
+    # 8 DDIM steps draw as well as 25 in this world (judges: shape/colour/style 100%, spot 99%
+    # over 96 prompts at guidance 2) at a third of the time.
+    steps: int = 8
     guidance: float = 2.0
-    esd_steps: int = 60
+    batch_size: int = 32
+    # ESD for this world, measured on the three tasks (docs/design/miniworld.md): the paper's
+    # lr 1e-5 x 1000 steps is for SD; x_t sampled in 10 DDIM steps at the world's guidance.
+    esd_steps: int = 100
+    esd_lr: float = 3e-4
     progress: bool = True
 
 
@@ -93,21 +100,27 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
         say = print if options.progress else (lambda *a, **k: None)
         say(f"[{name}] unlearning with UCE and ESD ...")
         uce = _unlearned("UCE", t2i, task, out / "models" / name / "UCE", {"progress": False})
-        esd = _unlearned("ESD", t2i, task, out / "models" / name / "ESD",
-                         {"steps": options.esd_steps, "progress": options.progress})
+        esd_settings = {
+            "steps": options.esd_steps, "lr": options.esd_lr, "ddim_steps": 10,
+            "guidance": options.guidance, "progress": options.progress,
+        }
+        esd = _unlearned("ESD", t2i, task, out / "models" / name / "ESD", esd_settings)
         models_file = write_models_file(out / "models" / name / "models.yaml", t2i, clip,
                                         {"UCE": str(uce), "ESD": str(esd)}, options)
         models = load_models_config(models_file)
         say(f"[{name}] generating {', '.join(METHODS)} images ...")
         main_sets = ["forget", "stripped"] if task.reference == "stripped" else ["forget"]
         other_sets = [s for s in ("unrelated", "related", "multilingual", "paraphrase")
-                      if s in task.prompt_sets
-                      and not (s == "unrelated" and task.reference == "stripped")]
-        for sets, per_class in ((main_sets, options.forget_prompts),
-                                (other_sets, options.prompts_per_class)):
+                      if s in task.prompt_sets]
+        passes = (
+            (main_sets, options.forget_prompts, options.forget_images_per_prompt),
+            (other_sets, options.prompts_per_class, options.images_per_prompt),
+        )
+        for sets, per_class, images in passes:
             generated = generate(task, out / "images" / name, models, GenerateOptions(
-                methods=list(METHODS), images_per_prompt=options.images_per_prompt,
-                prompt_sets=sets, max_prompts_per_class=per_class, progress=options.progress))
+                methods=list(METHODS), images_per_prompt=images, prompt_sets=sets,
+                max_prompts_per_class=per_class, batch_size=options.batch_size,
+                pipeline_batching=True, progress=options.progress))
         say(f"[{name}] evaluating ...")
         run_dir = out / "runs" / name
         evaluate(task, generated.manifest, run_dir, models, EvaluationOptions(

@@ -79,7 +79,22 @@ class MiniJudgeDetector:
         predicted = max(probs, key=lambda c: (probs[c], c == self.target))
         score = float(probs[self.target])
         flagged = predicted == self.target and score > self.threshold
-        return Verdict(flagged, score, {"head": self.head, "predicted": predicted})
+        # Every head's most likely class, for metrics that check the whole prompt.
+        drawn = {head: max(p, key=p.__getitem__) for head, p in raw["probs"].items()}
+        return Verdict(flagged, score, {"head": self.head, "predicted": predicted, "drawn": drawn})
+
+    def prompt_labels(self, prompt: str) -> dict[str, str]:
+        """What an English MiniWorld caption asks of each judged head (only the named ones)."""
+        from igmu.miniworld.oracle import parse_caption
+
+        asked = parse_caption(prompt)
+        labels = {}
+        for head in self.judge.classes:
+            if head == "attribute" and "attribute" in asked:
+                labels[head] = "spot" if asked["attribute"] else "no_spot"
+            elif head in asked and head != "attribute":
+                labels[head] = str(asked[head])
+        return labels
 
     def describe(self) -> dict[str, Any]:
         head_meta = self.judge.metadata["heads"][self.head]

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from igmu.miniworld.captions import Wording, describe
-from igmu.miniworld.world import BACKGROUNDS, COLOURS, SHAPES, STYLES, Scene
+from igmu.miniworld.world import BACKGROUNDS, COLOURS, SHAPES, STYLES, Scene, erase, has_target
 
 MULTILINGUAL = ("de", "fr", "es", "it", "zh")
 HEADER = (
@@ -102,6 +102,41 @@ def _para_parts(concept: str) -> Callable[[int], tuple[str, ...]]:
     return lambda i: (concept, *extras[i % len(extras)])
 
 
+def _unlearning(
+    target: str,
+    prompt_sets: dict[str, tuple[str, dict[str, list[str]]]],
+    seed: int,
+    n_erase: int = 120,
+    n_preserve: int = 240,
+) -> dict[str, Any]:
+    """Training prompts for editing methods: captions with the target paired with the oracle
+    eraser's caption of the same scene and wording, and captions without the target. None is an
+    evaluated prompt (the task loader checks this too)."""
+    evaluated = {p for _, classes in prompt_sets.values() for ps in classes.values() for p in ps}
+    combos = _shuffled(_combos(_scenes(), _wordings(variants=(0, 1))), seed)
+    pairs: list[dict[str, str]] = []
+    preserve: list[str] = []
+    for scene, wording in combos:
+        text = describe(scene, "en", wording)
+        if text in evaluated:
+            continue
+        if has_target(scene, target):
+            anchor = describe(erase(scene, target), "en", wording)
+            if len(pairs) < n_erase and all(p["prompt"] != text for p in pairs):
+                pairs.append({"prompt": text, "anchor": anchor})
+        elif len(preserve) < n_preserve and text not in preserve:
+            preserve.append(text)
+    if len(pairs) < n_erase or len(preserve) < n_preserve:
+        raise ValueError(f"{target}: only {len(pairs)} erase and {len(preserve)} preserve prompts")
+    return {
+        "description": "Training prompts for editing methods (never evaluated): each prompt with "
+        f"the concept beside the oracle eraser's caption of the same scene ({target} removed), "
+        "and prompts without the concept whose output must not change.",
+        "erase": pairs,
+        "preserve": preserve,
+    }
+
+
 def _task(
     name: str,
     title: str,
@@ -111,7 +146,17 @@ def _task(
     words: list[str],
     guidance: dict[str, Any],
     prompt_sets: dict[str, tuple[str, dict[str, list[str]]]],
+    unlearning: tuple[str, int],
 ) -> str:
+    # Ground truth exists here: the judges read every factor a prompt names (prompt_accuracy)
+    # and the renderer draws each prompt's true image (fid_world).
+    guidance = {
+        **guidance,
+        "metrics": [
+            "residual_rate", "fid", "lpips", "clip_score", "csdr", "related_retention",
+            "prompt_accuracy", "fid_world",
+        ],
+    }
     raw = {
         "schema": "igmu.task/1",
         "name": name,
@@ -125,6 +170,7 @@ def _task(
             set_name: {"description": text, "classes": classes}
             for set_name, (text, classes) in prompt_sets.items()
         },
+        "unlearning": _unlearning(unlearning[0], prompt_sets, seed=unlearning[1]),
     }
     body = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=100)
     return HEADER + body
@@ -196,6 +242,7 @@ def mini_object() -> str:
                 {target: paraphrase},
             ),
         },
+        unlearning=("shape=cross", 150),
     )
 
 
@@ -257,6 +304,7 @@ def mini_style() -> str:
                 {"stripes": paraphrase},
             ),
         },
+        unlearning=("style=stripes", 950),
     )
 
 
@@ -342,6 +390,7 @@ def mini_attribute() -> str:
                 {"spot": paraphrase},
             ),
         },
+        unlearning=("attribute", 1450),
     )
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from igmu.errors import ConfigError
 from igmu.registry import did_you_mean
-from igmu.tasks.model import PROMPT_SET_KINDS, PromptSet, Task
+from igmu.tasks.model import PROMPT_SET_KINDS, PromptSet, Task, UnlearningPrompts
 from igmu.tasks.stripping import concept_words_in, strip_concept
 from igmu.taxonomy import load_taxonomy
 from igmu.taxonomy.tree import validate_guidance
@@ -27,6 +27,7 @@ TOP_LEVEL_FIELDS = {
     "igmu",
     "guidance",
     "prompt_sets",
+    "unlearning",
 }
 MIN_FORGET_PROMPTS_PER_CLASS = 1
 
@@ -61,6 +62,62 @@ def _parse_prompt_set(name: str, raw: Any, where: str) -> PromptSet:
             raise ConfigError(f"{where}: field {cfield!r} repeats the prompt {dup!r}")
         parsed.append((str(class_name), tuple(p.strip() for p in prompts)))
     return PromptSet(name=name, classes=tuple(parsed), description=str(raw.get("description", "")))
+
+
+def _parse_unlearning(
+    raw: Any, source: str, sets: dict[str, PromptSet]
+) -> UnlearningPrompts | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: field 'unlearning' must be a mapping with 'erase'")
+    unknown = set(raw) - {"description", "erase", "preserve"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(
+            f"{source}: unknown field 'unlearning.{key}'."
+            f"{did_you_mean(key, ['description', 'erase', 'preserve'])}"
+        )
+    erase = raw.get("erase")
+    if not isinstance(erase, list) or not erase:
+        raise ConfigError(
+            f"{source}: field 'unlearning.erase' must be a non-empty list of "
+            "{prompt: ..., anchor: ...} pairs"
+        )
+    pairs = []
+    for i, item in enumerate(erase):
+        where = f"{source}: field 'unlearning.erase[{i}]'"
+        if not isinstance(item, dict) or set(item) != {"prompt", "anchor"}:
+            raise ConfigError(f"{where} must be a mapping with exactly 'prompt' and 'anchor'")
+        prompt, anchor = item["prompt"], item["anchor"]
+        if not isinstance(prompt, str) or not prompt.strip() or not isinstance(anchor, str):
+            raise ConfigError(f"{where}: 'prompt' must be non-empty text and 'anchor' text")
+        if prompt.strip() == anchor.strip():
+            raise ConfigError(f"{where}: 'anchor' must differ from 'prompt'")
+        pairs.append((prompt.strip(), anchor.strip()))
+    preserve = raw.get("preserve") or []
+    if not isinstance(preserve, list) or not all(
+        isinstance(p, str) and p.strip() for p in preserve
+    ):
+        raise ConfigError(f"{source}: field 'unlearning.preserve' must be a list of prompts")
+    preserve = [p.strip() for p in preserve]
+    # Training on the evaluated prompts would flatter every method that uses these lists.
+    def evaluated(*names: str) -> set[str]:
+        return {p.text for name in names if name in sets for p in sets[name].prompts()}
+
+    for field, texts, kinds in (
+        ("erase", [p for p, _ in pairs], ("forget", "multilingual", "paraphrase")),
+        ("preserve", preserve, ("unrelated", "related")),
+    ):
+        leaked = sorted(set(texts) & evaluated(*kinds))
+        if leaked:
+            raise ConfigError(
+                f"{source}: field 'unlearning.{field}' repeats the evaluated prompt "
+                f"{leaked[0]!r}; unlearning prompts must not be evaluation prompts"
+            )
+    return UnlearningPrompts(
+        erase=tuple(pairs), preserve=tuple(preserve), description=str(raw.get("description", ""))
+    )
 
 
 def derive_stripped(forget: PromptSet, words: tuple[str, ...]) -> PromptSet:
@@ -142,6 +199,7 @@ def parse_task(text: str, source: str) -> Task:
     igmu = raw.get("igmu") or {}
     if not isinstance(igmu, dict):
         raise ConfigError(f"{source}: field 'igmu' must be a mapping")
+    unlearning = _parse_unlearning(raw.get("unlearning"), source, sets)
     return Task(
         name=name,
         version=version,
@@ -155,6 +213,7 @@ def parse_task(text: str, source: str) -> Task:
         source=source,
         igmu_key=igmu.get("key"),
         description=str(raw.get("description", "")),
+        unlearning=unlearning,
     )
 
 

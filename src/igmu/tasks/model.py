@@ -50,6 +50,20 @@ class PromptSet:
 
 
 @dataclass(frozen=True)
+class UnlearningPrompts:
+    """A task's prompts for training-time unlearning methods (not evaluated).
+
+    ``erase``: (prompt with the concept, the same prompt without it) pairs, so that an editing
+    method can map the concept *in context* onto its correct output; ``preserve``: prompts whose
+    output must not change.
+    """
+
+    erase: tuple[tuple[str, str], ...]
+    preserve: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     version: int
@@ -63,6 +77,7 @@ class Task:
     source: str
     igmu_key: str | None = None
     description: str = ""
+    unlearning: UnlearningPrompts | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
