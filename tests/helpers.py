@@ -12,10 +12,10 @@ import numpy as np
 from PIL import Image
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "igmu.cli.main", *map(str, args)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"igmu {' '.join(map(str, args))} failed:\n{result.stderr}")

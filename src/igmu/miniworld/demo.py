@@ -8,7 +8,9 @@ generate ORG / UCE / ESD / NEGPROMPT images, evaluate all five aspects with the 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -73,13 +75,35 @@ def write_models_file(path: Path, t2i: Path, clip: Path, methods: dict[str, str]
     return path
 
 
-def _unlearned(method: str, base: Path, task, out: Path, settings: dict) -> Path:
+def _unlearned(method: str, base: Path, task, folder: Path, settings: dict) -> Path:
+    """Unlearn once per (method, settings, base weights, task file); a rerun reuses it."""
+    from igmu.backbones.weights import weights_fingerprint
     from igmu.methods import unlearn
 
-    if (out / "igmu_method.json").is_file():
-        return out  # made by an earlier demo run with the same task; reuse it
-    unlearn(method, str(base), task, out, settings)
+    identity = json.dumps(
+        {"settings": {k: v for k, v in settings.items() if k != "progress"},
+         "base": weights_fingerprint(base / "unet"), "task": task.source,
+         "task_sha256": hashlib.sha256(Path(task.source).read_bytes()).hexdigest()
+         if Path(task.source).is_file() else task.source},
+        sort_keys=True,
+    )
+    out = folder / f"{method}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+    if not (out / "igmu_method.json").is_file():
+        unlearn(method, str(base), task, out, {**settings, "overwrite": True})
     return out
+
+
+class _Stopwatch:
+    """``lap(label)`` records the seconds since the previous lap under ``label``."""
+
+    def __init__(self, laps: dict[str, float]) -> None:
+        self.laps = laps
+        self.clock = time.perf_counter()
+
+    def __call__(self, label: str) -> None:
+        now = time.perf_counter()
+        self.laps[label] = round(now - self.clock, 2)
+        self.clock = now
 
 
 def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
@@ -94,17 +118,23 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     combined: list[list[str]] = []
     header: list[str] = []
+    timings: dict[str, dict[str, float]] = {}
+    say = print if options.progress else (lambda *a, **k: None)
     for name in options.tasks:
         started = time.perf_counter()
+        stage: dict[str, float] = {}
+        lap = _Stopwatch(stage)
+
         task = load_task(name)
-        say = print if options.progress else (lambda *a, **k: None)
         say(f"[{name}] unlearning with UCE and ESD ...")
-        uce = _unlearned("UCE", t2i, task, out / "models" / name / "UCE", {"progress": False})
+        uce = _unlearned("UCE", t2i, task, out / "models" / name, {"progress": False})
+        lap("uce")
         esd_settings = {
             "steps": options.esd_steps, "lr": options.esd_lr, "ddim_steps": 10,
             "guidance": options.guidance, "progress": options.progress,
         }
-        esd = _unlearned("ESD", t2i, task, out / "models" / name / "ESD", esd_settings)
+        esd = _unlearned("ESD", t2i, task, out / "models" / name, esd_settings)
+        lap("esd")
         models_file = write_models_file(out / "models" / name / "models.yaml", t2i, clip,
                                         {"UCE": str(uce), "ESD": str(esd)}, options)
         models = load_models_config(models_file)
@@ -121,12 +151,15 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
                 methods=list(METHODS), images_per_prompt=images, prompt_sets=sets,
                 max_prompts_per_class=per_class, batch_size=options.batch_size,
                 pipeline_batching=True, progress=options.progress))
+        lap("generate")
         say(f"[{name}] evaluating ...")
         run_dir = out / "runs" / name
         evaluate(task, generated.manifest, run_dir, models, EvaluationOptions(
             layout="manifest", store_path=out / "igmu.sqlite", progress=options.progress))
         html, _ = render_html(load_report_data(run_dir))
         (run_dir / "report.html").write_text(html, encoding="utf-8")
+        lap("evaluate_and_report")
+        timings[name] = {**stage, "total": round(time.perf_counter() - started, 2)}
         with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
         header, combined = rows[0], combined + rows[1:]
@@ -139,4 +172,5 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
     tmp = target.with_suffix(".csv.tmp")
     tmp.write_text(buffer.getvalue(), encoding="utf-8")
     os.replace(tmp, target)
+    (out / "demo_timing.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
     return target
