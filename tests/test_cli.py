@@ -34,6 +34,9 @@ def test_tasks_show_prints_place_guidance_and_sets() -> None:
     for name in ("forget", "stripped", "related", "multilingual", "paraphrase"):
         assert f"  {name}: " in out
     assert "derived from forget" in out
+    assert "unlearning prompts" not in out
+    mini = run_cli("tasks", "show", "mini_attribute").stdout
+    assert "120 erase pairs, 240 preserve prompts" in mini
 
 
 def test_task_override_wins_over_inherited_guidance(tmp_path: Path) -> None:

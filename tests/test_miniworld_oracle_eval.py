@@ -99,3 +99,12 @@ def test_oracle_eraser_and_noop(task_name: str, world_models: Path, tmp_path: Pa
         # Attribute tasks: the eraser's images are closer to ORG-on-stripped-prompts than the
         # no-op's (not identical: a stripped prompt leaves the texture or spot unspecified).
         assert float(rows[("ERASER", "lpips")]["value"]) < float(rows[("NOOP", "lpips")]["value"])
+
+
+def test_fid_world_refuses_prompts_the_world_cannot_draw() -> None:
+    from igmu.errors import ConfigError
+    from igmu.metrics.fid_world import ground_truth_image
+
+    assert ground_truth_image("a red cross on a grey background", 3).shape == (32, 32, 3)
+    with pytest.raises(ConfigError, match="fid_world needs MiniWorld prompts"):
+        ground_truth_image("a photo of a church", 0)

@@ -26,6 +26,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--steps", type=int, help="text-to-image steps (default: the schedule's)")
     train.add_argument("--clip-steps", type=int, help="CLIP steps (default: the schedule's)")
+    train.add_argument("--device", default="cpu",
+                       help="where CLIP and the text-to-image model train: cpu (default, "
+                       "bit-reproducible) or cuda; judges always train on the CPU")
     train.set_defaults(handler=run_train)
     judges = sub.add_parser(
         "judges", help="train or evaluate judges only (see --help of each)", add_help=False,
@@ -59,6 +62,7 @@ def run_train(args: argparse.Namespace) -> int:
         t2i_args += ["--steps", str(args.steps)]
     if args.clip_steps is not None:
         t2i_args += ["--clip-steps", str(args.clip_steps)]
+    t2i_args += ["--device", args.device]
     code = train_t2i.main(t2i_args)
     print(f"miniworld models in {args.out} ({time.perf_counter() - started:.0f} s)")
     return int(code or 0)

@@ -71,4 +71,11 @@ def run_show(args: argparse.Namespace) -> int:
         classes = ", ".join(f"{c}={len(p)}" for c, p in prompt_set.classes)
         print(f"  {name}: {prompt_set.size()} prompts{derived}; classes: {classes}")
         print(f"    e.g. {prompt_set.classes[0][1][0]!r}")
+    if task.unlearning is not None:
+        prompt, anchor = task.unlearning.erase[0]
+        print(
+            f"unlearning prompts (for UCE/ESD, never evaluated): {len(task.unlearning.erase)} "
+            f"erase pairs, {len(task.unlearning.preserve)} preserve prompts"
+        )
+        print(f"    e.g. {prompt!r} -> {anchor!r}")
     return 0

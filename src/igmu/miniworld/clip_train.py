@@ -92,6 +92,8 @@ class ClipTrainConfig:
     threads: int = 2
     eval_images: int = 512
     augment: bool = True
+    # "cuda" trains on a GPU: the same seeded draws (made on the CPU), not the same bits.
+    device: str = "cpu"
 
 
 @contextmanager
@@ -266,7 +268,8 @@ def _train_clip(out: Path, config: ClipTrainConfig, log: Callable[[str], None]) 
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     tokenizer = make_tokenizer(out)
-    model = build_clip(len(tokenizer), config.seed)
+    device = torch.device(config.device)
+    model = build_clip(len(tokenizer), config.seed).to(device)
     params = sum(p.numel() for p in model.parameters())
     log(f"[clip] {params / 1e6:.2f}M parameters; rendering a pool of {config.pool_size} scenes")
     pool = ScenePool(config.pool_size, config.seed)
@@ -297,7 +300,9 @@ def _train_clip(out: Path, config: ClipTrainConfig, log: Callable[[str], None]) 
         if config.augment:
             pixels = _augment(torch, pixels, generator)
         ids = tokenize(tokenizer, captions)
-        loss = clip_loss(torch, model, pixels, ids, torch.from_numpy(keys))
+        loss = clip_loss(
+            torch, model, pixels.to(device), ids.to(device), torch.from_numpy(keys).to(device)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -310,7 +315,7 @@ def _train_clip(out: Path, config: ClipTrainConfig, log: Callable[[str], None]) 
                 f"({time.time() - train_start:.0f}s)"
             )
     train_seconds = time.time() - train_start
-    model.eval()
+    model.eval().to("cpu")
     evaluation = zero_shot_accuracy(model, tokenizer, n=config.eval_images)
     log(f"[clip] zero-shot: {json.dumps(evaluation['english'])}")
     model.save_pretrained(str(out), safe_serialization=True)

@@ -103,6 +103,8 @@ class T2IConfig:
     eval_images: int = 192  # judge evaluation at the end (0: none)
     eval_guidance: tuple[float, ...] = (1.5, 2.0, 3.0)
     eval_steps: int = DEFAULT_STEPS
+    # "cuda" trains on a GPU: the same seeded draws (made on the CPU), not the same bits.
+    device: str = "cpu"
 
 
 # The CI schedule runs on one thread: on shared cores a 2-thread pool fighting other processes
@@ -223,9 +225,12 @@ def _snr_weights(alphas_cumprod: Any, t: Any, gamma: float) -> Any:
 class _Batcher:
     """Seeded draws of (x0, captions) from a render pool, text states from the frozen encoder."""
 
-    def __init__(self, pool: ScenePool, tokenizer: Any, encoder: Any, uncond: float) -> None:
+    def __init__(
+        self, pool: ScenePool, tokenizer: Any, encoder: Any, uncond: float, device: Any
+    ) -> None:
         import torch
 
+        self.device = device
         self.pool = pool
         self.pixels = torch.from_numpy(pool.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         self.tokenizer = tokenizer
@@ -242,8 +247,8 @@ class _Batcher:
         drop = rng.random(size) < self.uncond
         captions = ["" if d else c for c, d in zip(captions, drop, strict=True)]
         with torch.no_grad():
-            states = self.encoder(tokenize(self.tokenizer, captions))[0]
-        return self.pixels[torch.from_numpy(index)], states
+            states = self.encoder(tokenize(self.tokenizer, captions).to(self.device))[0]
+        return self.pixels[torch.from_numpy(index)].to(self.device), states
 
 
 def _diffusion_loss(
@@ -258,7 +263,7 @@ def _diffusion_loss(
     bf16: bool,
 ) -> Any:
     noisy = scheduler.add_noise(x0, noise, t)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         prediction = unet(noisy, t, encoder_hidden_states=states).sample
     per_sample = ((prediction.float() - noise) ** 2).mean(dim=(1, 2, 3))
     weights = _snr_weights(scheduler.alphas_cumprod, t, gamma)
@@ -288,17 +293,19 @@ def _train_t2i(
 ) -> dict[str, Any]:
     import torch
 
-    bf16 = native_bf16() if config.bf16 is None else bool(config.bf16)
+    device = torch.device(config.device)
+    on_cpu = device.type == "cpu"
+    bf16 = (native_bf16() and on_cpu) if config.bf16 is None else bool(config.bf16)
     start = time.time()
     clip, tokenizer = load_clip(clip_dir)
-    encoder = text_encoder_from_clip(clip)
+    encoder = text_encoder_from_clip(clip).to(device)
     del clip
-    unet = build_unet(encoder.config.hidden_size, config.seed)
+    unet = build_unet(encoder.config.hidden_size, config.seed).to(device)
     params = sum(p.numel() for p in unet.parameters())
     log(f"[t2i] UNet {params / 1e6:.2f}M parameters; bf16 autocast: {bf16}")
     scheduler, _ = build_schedulers()
     pool = ScenePool(config.pool_size, config.seed + 10)
-    batcher = _Batcher(pool, tokenizer, encoder, config.uncond_prob)
+    batcher = _Batcher(pool, tokenizer, encoder, config.uncond_prob, device)
     rng = np.random.default_rng(config.seed + 11)
     generator = torch.Generator().manual_seed(config.seed + 12)
     steps_total = scheduler.config.num_train_timesteps
@@ -307,8 +314,8 @@ def _train_t2i(
     probe_rng = np.random.default_rng(config.seed + 13)
     probe_gen = torch.Generator().manual_seed(config.seed + 14)
     probe_x0, probe_states = batcher.draw(probe_rng, config.probe_size)
-    probe_t = torch.randint(0, steps_total, (config.probe_size,), generator=probe_gen)
-    probe_noise = torch.randn(probe_x0.shape, generator=probe_gen)
+    probe_t = torch.randint(0, steps_total, (config.probe_size,), generator=probe_gen).to(device)
+    probe_noise = torch.randn(probe_x0.shape, generator=probe_gen).to(device)
 
     def probe_loss(model: Any) -> float:
         with torch.no_grad():
@@ -335,7 +342,7 @@ def _train_t2i(
     unet.train()
 
     def save(step: int) -> None:
-        ema_unet = ema.copy_to(copy.deepcopy(unet)).eval()
+        ema_unet = ema.copy_to(copy.deepcopy(unet)).eval().to("cpu")
         pipeline = make_pipeline(ema_unet, clip_dir)
         _write_pipeline(pipeline, out)
         entry = {
@@ -355,8 +362,8 @@ def _train_t2i(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
         x0, states = batcher.draw(rng, config.batch_size)
-        t = torch.randint(0, steps_total, (config.batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, steps_total, (config.batch_size,), generator=generator).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
         loss = _diffusion_loss(torch, unet, scheduler, x0, states, t, noise, config.snr_gamma, bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -377,7 +384,7 @@ def _train_t2i(
     probe_after = probe_loss(unet)
     ema_unet = ema.copy_to(copy.deepcopy(unet)).eval()
     probe_after_ema = probe_loss(ema_unet)
-    pipeline = make_pipeline(ema_unet, clip_dir)
+    pipeline = make_pipeline(ema_unet.to("cpu"), clip_dir)
     _write_pipeline(pipeline, out)
     result = {
         "train_seconds": round(train_seconds, 1),
@@ -391,7 +398,7 @@ def _train_t2i(
         f"{probe_after:.4f} (EMA {probe_after_ema:.4f})"
     )
     if config.eval_images:
-        reloaded = load_pipeline(out)
+        reloaded = load_pipeline(out).to(device)
         result["judges"] = {}
         for guidance in config.eval_guidance:
             eval_start = time.time()
@@ -592,17 +599,19 @@ def train(
     clip_dir: str | Path | None = None,
     eval_images: int | None = None,
     log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train the tiny CLIP (unless ``clip_dir`` gives a trained one), then the text-to-image
     model. Writes ``out_dir/clip``, ``out_dir/t2i`` and ``out_dir/checkpoints``. ``short``: the
     CI schedule. Returns the text-to-image metadata plus ``clip`` (the CLIP's metadata or None).
+    ``device``: where both train (``cuda``: same seeded draws, different bits).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clip_config = SHORT_CLIP if short else ClipTrainConfig()
     t2i_config = SHORT_T2I if short else T2IConfig()
-    clip_config = replace(clip_config, seed=seed)
-    t2i_config = replace(t2i_config, seed=seed)
+    clip_config = replace(clip_config, seed=seed, device=device)
+    t2i_config = replace(t2i_config, seed=seed, device=device)
     if clip_steps is not None:
         clip_config = replace(clip_config, steps=clip_steps)
     if steps is not None:
@@ -619,10 +628,22 @@ def train(
     return {**metadata, "clip": clip_metadata}
 
 
+def _checked_device(parser: argparse.ArgumentParser, device: str) -> str:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.error(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: this torch build sees no CUDA GPU")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="igmu miniworld train",
-        description="Train the MiniWorld tiny CLIP and text-to-image model (CPU).",
+        description="Train the MiniWorld tiny CLIP and text-to-image model.",
     )
     parser.add_argument("--out", help="output folder: clip/, t2i/, checkpoints/")
     parser.add_argument(
@@ -639,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="text-to-image batch size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default; bit-reproducible) or cuda[:N]"
+    )
     parser.add_argument("--short", action="store_true", help="the CI schedule (seconds)")
     parser.add_argument("--clip", default=None, help="use this trained CLIP folder (no CLIP run)")
     parser.add_argument(
@@ -682,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         clip_dir=args.clip,
         eval_images=args.eval_images,
         log=log,
+        device=_checked_device(parser, args.device),
     )
     log(
         f"done in {time.time() - started:.0f}s; probe loss "
