@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from helpers import run_cli  # noqa: E402
 from igmu.miniworld.clip_train import METADATA as CLIP_METADATA  # noqa: E402
 from igmu.miniworld.clip_train import default_clip_dir, load_clip  # noqa: E402
 from igmu.miniworld.pipeline import MiniWorldPipeline  # noqa: E402
@@ -20,8 +21,8 @@ from igmu.miniworld.train_t2i import (  # noqa: E402
     generate,
     judge_accuracy,
     load_pipeline,
-    train,
 )
+from igmu.miniworld.world import SHAPES  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue cross with stripes", "a dotted green square with a white spot"]
 
@@ -37,10 +38,28 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """`igmu miniworld train --short`, as a user runs it: judges, CLIP, text-to-image."""
     out = tmp_path_factory.mktemp("miniworld_train")
-    metadata = train(out, short=True, seed=0, log=lambda message: None)
-    assert torch.get_num_threads() == 1  # training restores the caller's thread count
-    return out, metadata
+    result = run_cli("miniworld", "train", "--out", out, "--short")
+    assert f"miniworld models in {out}" in result.stdout
+    return out, json.loads((out / "t2i" / METADATA).read_text())
+
+
+def test_short_schedule_trains_judges_through_the_layout(short_run) -> None:
+    from igmu.miniworld.judges import Judge
+
+    out, _ = short_run
+    judge = Judge(out / "judges")
+    assert set(judge.classes) == {"shape", "colour", "style", "attribute"}
+    assert judge.predict([np.zeros((32, 32, 3), dtype=np.uint8)])["shape"][0] in SHAPES
+
+
+def test_training_restores_the_callers_thread_count() -> None:
+    from igmu.miniworld.clip_train import torch_threads
+
+    with torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 1
 
 
 def test_short_schedule_learns_and_writes_loadable_artifacts(short_run) -> None:

@@ -51,7 +51,7 @@ def run_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     judge_args = ["train", "--out", str(args.out / "judges"), "--seed", str(args.seed)]
     if args.short:
-        judge_args += ["--n-train", "400", "--n-test", "200", "--epochs", "1"]
+        judge_args += ["--n-train", "400", "--n-test", "200", "--epochs", "1", "--threads", "1"]
     code = judges.main(judge_args)
     if code:
         return int(code)
