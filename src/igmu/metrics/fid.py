@@ -55,35 +55,31 @@ class Fid:
                 continue
             refs = np.stack([ctx.embedding(self.backbone, ref) for ref, _ in pairs])
             own = np.stack([ctx.embedding(self.backbone, rec) for _, rec in pairs])
-            value = F.frechet_distance(refs, own)
-            low, high = F.bootstrap_frechet_interval(refs, own, min(ctx.resamples, 200), ctx.seed)
-            n = len(pairs)
-            warning = ""
-            if n < FID_SMALL_SAMPLE:
-                warning = (
-                    f"FID on n={n} images per set is strongly biased upward and not comparable "
-                    f"across sample sizes (use >= {FID_SMALL_SAMPLE})"
-                )
             samples = [
                 Sample(method, rec, float("nan"), {"whole_set": True, "reference": ref.path})
                 for ref, rec in pairs
             ]
-            results.append(
-                MetricResult(
-                    self.name,
-                    self.aspect,
-                    False,
-                    method,
-                    value,
-                    low,
-                    high,
-                    n,
-                    samples,
-                    whole_set=True,
-                    warning=warning,
-                )
-            )
+            results.append(frechet_result(self.name, self.aspect, method, refs, own, samples, ctx))
         return results
+
+
+def frechet_result(
+    name: str, aspect: str, method: str, refs: np.ndarray, own: np.ndarray, samples: list,
+    ctx: Any,
+) -> MetricResult:
+    """A whole-set FID result (lower is better) with its bias-centred bootstrap interval."""
+    value = F.frechet_distance(refs, own)
+    low, high = F.bootstrap_frechet_interval(refs, own, min(ctx.resamples, 200), ctx.seed)
+    n = len(own)
+    warning = ""
+    if n < FID_SMALL_SAMPLE:
+        warning = (
+            f"FID on n={n} images per set is strongly biased upward and not comparable "
+            f"across sample sizes (use >= {FID_SMALL_SAMPLE})"
+        )
+    return MetricResult(
+        name, aspect, False, method, value, low, high, n, samples, whole_set=True, warning=warning
+    )
 
 
 def primary_set(task: Any) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from igmu.errors import ConfigError
-from igmu.metrics import functional as F
-from igmu.metrics.base import FID_SMALL_SAMPLE, METRICS, ImageNeed, MetricResult, Sample
+from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample
+from igmu.metrics.fid import frechet_result
 
 PROMPT_SET = "unrelated"
 
@@ -64,25 +64,11 @@ class FidWorld:
                 continue
             refs = np.stack([truth[(r.prompt, r.key.seed)] for r in records])
             own = np.stack([ctx.embedding(self.backbone, r) for r in records])
-            value = F.frechet_distance(refs, own)
-            low, high = F.bootstrap_frechet_interval(refs, own, min(ctx.resamples, 200), ctx.seed)
-            n = len(records)
-            warning = ""
-            if n < FID_SMALL_SAMPLE:
-                warning = (
-                    f"FID on n={n} images per set is strongly biased upward and not comparable "
-                    f"across sample sizes (use >= {FID_SMALL_SAMPLE})"
-                )
             samples = [
                 Sample(method, r, float("nan"), {"whole_set": True, "reference": "renderer"})
                 for r in records
             ]
-            results.append(
-                MetricResult(
-                    self.name, self.aspect, False, method, value, low, high, n, samples,
-                    whole_set=True, warning=warning,
-                )
-            )
+            results.append(frechet_result(self.name, self.aspect, method, refs, own, samples, ctx))
         return results
 
 
