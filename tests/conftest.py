@@ -16,6 +16,18 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_IGMU = SHARED / "data" / "igmu"
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a module of tiny-model tests: on a busy 2-core machine, two OpenMP
+    threads fighting other processes are many times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_igmu() -> Path:
     if not SHARED_IGMU.is_dir():

@@ -27,13 +27,7 @@ QUIET = {"progress": False}
 ESD_FAST = {"steps": 4, "lr": 1e-3, "ddim_steps": 3, "latent_size": 8, "probe": 2, **QUIET}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two shared cores: torch's thread pool fighting other processes makes a tiny UNet 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def build_tiny_pipeline(folder: Path, cross_dim: int = 32, max_length: int | None = 77):

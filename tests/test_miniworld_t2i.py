@@ -27,13 +27,7 @@ from igmu.miniworld.world import SHAPES  # noqa: E402
 PROMPTS = ["a red circle", "a blue cross with stripes", "a dotted green square with a white spot"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two shared cores: torch's thread pool fighting other processes is many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
