@@ -23,6 +23,15 @@ class ImageNeed:
     record: ImageRecord
 
 
+def detector_needs(detector: Any, paired: Any, prompt_set: str) -> list[ImageNeed]:
+    """The detector's raw output on every method's images of one prompt set."""
+    return [
+        ImageNeed(detector, rec)
+        for method in paired.methods
+        for rec in paired.records(method, prompt_set)
+    ]
+
+
 @dataclass(frozen=True)
 class PairNeed:
     provider: Any  # LPIPS

@@ -18,7 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, rate_result
+from igmu.metrics.base import (
+    METRICS,
+    ImageNeed,
+    MetricResult,
+    Sample,
+    detector_needs,
+    rate_result,
+)
 
 SETS = ("forget", "unrelated", "related")
 
@@ -33,11 +40,7 @@ class PromptAccuracy:
         self.name = f"prompt_accuracy.{prompt_set}"
 
     def needs(self, paired: Any) -> list[ImageNeed]:
-        return [
-            ImageNeed(self.detector, rec)
-            for method in paired.methods
-            for rec in paired.records(method, self.prompt_set)
-        ]
+        return detector_needs(self.detector, paired, self.prompt_set)
 
     def asked(self, prompt: str) -> dict[str, str]:
         labels = self.detector.prompt_labels(prompt)

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, rate_result
+from igmu.metrics.base import (
+    METRICS,
+    ImageNeed,
+    MetricResult,
+    Sample,
+    detector_needs,
+    rate_result,
+)
 
 SETS = {
     "forget": ("residual_rate", "forgetting"),
@@ -27,11 +34,7 @@ class ResidualRate:
         self.name = f"{base}.{detector.name}"
 
     def needs(self, paired: Any) -> list[ImageNeed]:
-        return [
-            ImageNeed(self.detector, rec)
-            for method in paired.methods
-            for rec in paired.records(method, self.prompt_set)
-        ]
+        return detector_needs(self.detector, paired, self.prompt_set)
 
     def compute(self, ctx: Any) -> list[MetricResult]:
         results = []
