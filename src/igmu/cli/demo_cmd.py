@@ -58,19 +58,7 @@ def run(args: argparse.Namespace) -> int:
     for task in tasks:
         data = load_report_data(args.out / "runs" / task)
         print(f"\n== {task} ==")
-        print_table([_as_result(a) for a in data.aggregates])
+        print_table(data.aggregates)
     print(f"\nwrote {metrics} and a report per task under {args.out / 'runs'} "
           f"in {time.perf_counter() - started:.0f} s")
     return 0
-
-
-def _as_result(aggregate):
-    from igmu.metrics.base import MetricResult
-
-    nan = float("nan")
-    return MetricResult(aggregate.metric, aggregate.aspect, aggregate.higher_is_better,
-                        aggregate.method,
-                        aggregate.value if aggregate.value is not None else nan,
-                        aggregate.ci_low if aggregate.ci_low is not None else nan,
-                        aggregate.ci_high if aggregate.ci_high is not None else nan,
-                        aggregate.n, [], aggregate.whole_set, "")

@@ -7,7 +7,7 @@ import json
 import platform
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from igmu.evaluation.executor import Executor, provider_key, text_key
 from igmu.evaluation.exports import write_exports
 from igmu.evaluation.pairing import PairedSet, pair_images
 from igmu.evaluation.providers import Providers
-from igmu.metrics.base import METRICS, MetricResult, load_all
+from igmu.metrics.base import METRICS, load_all
+from igmu.results import Aggregate, MetricResult, Sample
 from igmu.store import Store
 from igmu.tasks.model import Task
 
@@ -61,7 +62,7 @@ class EvaluationResult:
     run_id: str
     run_dir: Path
     store_path: Path
-    results: list[MetricResult]
+    results: list[Aggregate]
     left_out: list[str]
     decoded_images: int
 
@@ -183,7 +184,7 @@ def evaluate(
         }
         run_id = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         run_dir.mkdir(parents=True, exist_ok=True)
-        sample_rows, aggregate_rows = _rows(results, executor)
+        aggregates = [r.aggregate for r in results]
         store.write_run(
             run_id,
             task.name,
@@ -192,14 +193,14 @@ def evaluate(
             spec,
             fingerprints,
             paired.left_out,
-            sample_rows,
-            aggregate_rows,
+            _stored_samples(results, executor),
+            aggregates,
         )
         write_exports(run_dir, task, run_id, store, spec, fingerprints, paired.left_out)
     finally:
         store.close()
     return EvaluationResult(
-        run_id, run_dir, store_path, results, paired.left_out, executor.decoded_images
+        run_id, run_dir, store_path, aggregates, paired.left_out, executor.decoded_images
     )
 
 
@@ -209,43 +210,14 @@ def _task_hash(task: Task) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _finite(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)
-
-
-def _rows(results: list[MetricResult], executor: Executor) -> tuple[list[tuple], list[tuple]]:
-    samples, aggregates = [], []
-    for r in results:
-        aggregates.append(
-            (
-                r.method,
-                r.metric,
-                r.aspect,
-                _finite(r.value),
-                _finite(r.ci_low),
-                _finite(r.ci_high),
-                r.n,
-                int(r.higher_is_better),
-                int(r.whole_set),
-                r.warning,
-            )
+def _stored_samples(results: list[MetricResult], executor: Executor) -> list[Sample]:
+    return [
+        replace(
+            s,
+            metric=r.aggregate.metric,
+            aspect=r.aggregate.aspect,
+            sha256=executor.sha[s.record.path],
         )
-        for s in r.samples:
-            key = s.record.key
-            samples.append(
-                (
-                    s.method,
-                    r.metric,
-                    r.aspect,
-                    key.prompt_set,
-                    key.class_name,
-                    key.prompt_index,
-                    key.seed,
-                    s.record.prompt,
-                    s.record.path,
-                    executor.sha[s.record.path],
-                    _finite(s.value),
-                    json.dumps(s.extra, sort_keys=True, default=float),
-                )
-            )
-    return samples, aggregates
+        for r in results
+        for s in r.samples
+    ]

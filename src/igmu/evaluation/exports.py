@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from igmu.metrics.base import ASPECTS
+from igmu.results import ASPECTS, SAMPLE_COLUMNS
 from igmu.store import Store
 from igmu.tasks.model import Task
 
@@ -69,10 +69,8 @@ def write_exports(
     left_out: list[str],
 ) -> None:
     aggregates = store.aggregates(run_id)
-    order = method_order(sorted({a["method"] for a in aggregates}), spec["reference_method"])
-    aggregates.sort(
-        key=lambda a: (order.index(a["method"]), ASPECTS.index(a["aspect"]), a["metric"])
-    )
+    order = method_order(sorted({a.method for a in aggregates}), spec["reference_method"])
+    aggregates.sort(key=lambda a: (order.index(a.method), ASPECTS.index(a.aspect), a.metric))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(METRICS_COLUMNS)
@@ -80,14 +78,14 @@ def write_exports(
         writer.writerow(
             [
                 task.name,
-                a["method"],
-                a["aspect"],
-                a["metric"],
-                _fmt(a["value"]),
-                _fmt(a["ci_low"]),
-                _fmt(a["ci_high"]),
-                a["n"],
-                "true" if a["higher_is_better"] else "false",
+                a.method,
+                a.aspect,
+                a.metric,
+                _fmt(a.value),
+                _fmt(a.ci_low),
+                _fmt(a.ci_high),
+                a.n,
+                "true" if a.higher_is_better else "false",
             ]
         )
     _atomic_write(run_dir / "metrics.csv", buffer.getvalue())
@@ -96,29 +94,18 @@ def write_exports(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(SAMPLES_COLUMNS)
     for s in store.samples(run_id):
+        row = dict(zip(SAMPLE_COLUMNS, s.row(), strict=True))
         writer.writerow(
-            [
-                task.name,
-                s["method"],
-                s["aspect"],
-                s["metric"],
-                s["prompt_set"],
-                s["class_name"],
-                s["prompt_index"],
-                s["seed"],
-                s["prompt"],
-                s["path"],
-                s["sha256"],
-                _fmt(s["value"]),
-                s["extra_json"],
-            ]
+            [task.name, s.method, s.aspect, s.metric]
+            + [_fmt(row[c]) for c in SAMPLES_COLUMNS[4:-1]]
+            + [row["extra_json"]]
         )
     _atomic_write(run_dir / "samples.csv", buffer.getvalue())
 
     warnings = [
-        {"method": a["method"], "metric": a["metric"], "warning": a["warning"]}
+        {"method": a.method, "metric": a.metric, "warning": a.warning}
         for a in aggregates
-        if a["warning"]
+        if a.warning
     ]
     run = {
         "run_id": run_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -11,8 +11,8 @@ import numpy as np
 from igmu.dataset.records import ImageRecord
 from igmu.metrics import functional as F
 from igmu.registry import Registry
+from igmu.results import Aggregate, MetricResult, Sample
 
-ASPECTS = ("forgetting", "fidelity", "preservation", "alignment", "robustness")
 SMALL_SAMPLE = 30
 FID_SMALL_SAMPLE = 2000
 
@@ -43,29 +43,6 @@ class PairNeed:
 class TextNeed:
     provider: Any  # a CLIP backbone
     text: str
-
-
-@dataclass(frozen=True)
-class Sample:
-    method: str
-    record: ImageRecord
-    value: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class MetricResult:
-    metric: str
-    aspect: str
-    higher_is_better: bool
-    method: str
-    value: float
-    ci_low: float
-    ci_high: float
-    n: int
-    samples: list[Sample]
-    whole_set: bool = False
-    warning: str = ""
 
 
 class Context(Protocol):
@@ -115,30 +92,43 @@ def small_sample_warning(n: int) -> str:
     )
 
 
-def rate_result(
-    metric: str, aspect: str, higher_is_better: bool, method: str, samples: list[Sample]
-) -> MetricResult:
+def rate_result(metric: Metric, method: str, samples: list[Sample]) -> MetricResult:
+    """Share of samples whose value is 1, with a Wilson interval."""
     flags = np.array([s.value for s in samples], dtype=np.float64)
     k, n = int(flags.sum()), len(flags)
     low, high = F.wilson_interval(k, n)
-    return MetricResult(
-        metric,
-        aspect,
-        higher_is_better,
+    value = k / n if n else float("nan")
+    return make_result(metric, method, value, low, high, n, samples, small_sample_warning(n))
+
+
+def make_result(
+    metric: Metric,
+    method: str,
+    value: float,
+    low: float,
+    high: float,
+    n: int,
+    samples: list[Sample],
+    warning: str,
+    whole_set: bool = False,
+) -> MetricResult:
+    aggregate = Aggregate(
         method,
-        k / n if n else float("nan"),
+        metric.name,
+        metric.aspect,
+        metric.higher_is_better,
+        value,
         low,
         high,
         n,
-        samples,
-        warning=small_sample_warning(n),
+        whole_set=whole_set,
+        warning=warning,
     )
+    return MetricResult(aggregate, tuple(samples))
 
 
 def mean_result(
-    metric: str,
-    aspect: str,
-    higher_is_better: bool,
+    metric: Metric,
     method: str,
     samples: list[Sample],
     resamples: int,
@@ -153,19 +143,10 @@ def mean_result(
     warnings = [small_sample_warning(len(kept))]
     if undefined:
         warnings.append(f"{undefined} sample(s) undefined (NaN) and excluded")
+    warning = "; ".join(w for w in warnings if w)
+    nan = float("nan")
     if len(kept) == 0:
-        return MetricResult(
-            metric,
-            aspect,
-            higher_is_better,
-            method,
-            float("nan"),
-            float("nan"),
-            float("nan"),
-            0,
-            samples,
-            warning="; ".join(w for w in warnings if w),
-        )
+        return make_result(metric, method, nan, nan, nan, 0, samples, warning)
     if groups is not None:
         group_arr = np.array(groups)[finite]
         value = F.mean_of_group_means(kept, group_arr)
@@ -173,18 +154,7 @@ def mean_result(
     else:
         value = float(kept.mean())
         low, high = F.bootstrap_mean_interval(kept, resamples, seed)
-    return MetricResult(
-        metric,
-        aspect,
-        higher_is_better,
-        method,
-        value,
-        low,
-        high,
-        len(kept),
-        samples,
-        warning="; ".join(w for w in warnings if w),
-    )
+    return make_result(metric, method, value, low, high, len(kept), samples, warning)
 
 
 def reference_pairs(

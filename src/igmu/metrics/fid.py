@@ -19,6 +19,7 @@ from igmu.metrics.base import (
     ImageNeed,
     MetricResult,
     Sample,
+    make_result,
     metric_name,
     reference_pairs,
 )
@@ -59,13 +60,12 @@ class Fid:
                 Sample(method, rec, float("nan"), {"whole_set": True, "reference": ref.path})
                 for ref, rec in pairs
             ]
-            results.append(frechet_result(self.name, self.aspect, method, refs, own, samples, ctx))
+            results.append(frechet_result(self, method, refs, own, samples, ctx))
         return results
 
 
 def frechet_result(
-    name: str, aspect: str, method: str, refs: np.ndarray, own: np.ndarray, samples: list,
-    ctx: Any,
+    metric: Any, method: str, refs: np.ndarray, own: np.ndarray, samples: list, ctx: Any
 ) -> MetricResult:
     """A whole-set FID result (lower is better) with its bias-centred bootstrap interval."""
     value = F.frechet_distance(refs, own)
@@ -77,9 +77,7 @@ def frechet_result(
             f"FID on n={n} images per set is strongly biased upward and not comparable "
             f"across sample sizes (use >= {FID_SMALL_SAMPLE})"
         )
-    return MetricResult(
-        name, aspect, False, method, value, low, high, n, samples, whole_set=True, warning=warning
-    )
+    return make_result(metric, method, value, low, high, n, samples, warning, whole_set=True)
 
 
 def primary_set(task: Any) -> str:

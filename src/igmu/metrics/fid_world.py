@@ -68,7 +68,7 @@ class FidWorld:
                 Sample(method, r, float("nan"), {"whole_set": True, "reference": "renderer"})
                 for r in records
             ]
-            results.append(frechet_result(self.name, self.aspect, method, refs, own, samples, ctx))
+            results.append(frechet_result(self, method, refs, own, samples, ctx))
         return results
 
 

@@ -50,16 +50,7 @@ class Lpips:
             ]
             groups = [rec.key.class_name for _, rec in pairs]
             results.append(
-                mean_result(
-                    self.name,
-                    self.aspect,
-                    False,
-                    method,
-                    samples,
-                    ctx.resamples,
-                    ctx.seed,
-                    groups=groups,
-                )
+                mean_result(self, method, samples, ctx.resamples, ctx.seed, groups=groups)
             )
         return results
 

@@ -39,7 +39,7 @@ class PersonRate:
                     )
                 )
             if samples:
-                results.append(rate_result(self.name, self.aspect, True, method, samples))
+                results.append(rate_result(self, method, samples))
         return results
 
 

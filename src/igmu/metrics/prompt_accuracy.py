@@ -67,7 +67,7 @@ class PromptAccuracy:
                         {"asked": asked, "drawn": drawn, "wrong": wrong},
                     )
                 )
-            results.append(rate_result(self.name, self.aspect, True, method, samples))
+            results.append(rate_result(self, method, samples))
         return results
 
 

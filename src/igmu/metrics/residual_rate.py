@@ -53,7 +53,7 @@ class ResidualRate:
                         {"score": verdict.score, **verdict.details},
                     )
                 )
-            results.append(rate_result(self.name, self.aspect, False, method, samples))
+            results.append(rate_result(self, method, samples))
         return results
 
 

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from igmu.errors import ConfigError
-from igmu.metrics.base import ASPECTS
+from igmu.results import ASPECTS, Aggregate, Sample
 from igmu.store import Store
-
-
-@dataclass
-class Aggregate:
-    method: str
-    metric: str
-    aspect: str
-    value: float | None
-    ci_low: float | None
-    ci_high: float | None
-    n: int
-    higher_is_better: bool
-    whole_set: bool
-    warning: str
-
-    @property
-    def finite(self) -> bool:
-        return self.value is not None and math.isfinite(self.value)
 
 
 @dataclass
@@ -41,7 +22,7 @@ class ReportData:
     catigmu: dict[str, Any]
     left_out: list[str]
     aggregates: list[Aggregate]
-    samples: list[dict[str, Any]]
+    samples: list[Sample]
 
     @property
     def reference_method(self) -> str:
@@ -49,7 +30,7 @@ class ReportData:
 
     @property
     def methods(self) -> list[str]:
-        found = {a.method for a in self.aggregates} | {s["method"] for s in self.samples}
+        found = {a.method for a in self.aggregates} | {s.method for s in self.samples}
         ref = self.reference_method
         return [ref] * (ref in found) + sorted(found - {ref})
 
@@ -85,26 +66,10 @@ def load_report_data(run_dir: Path) -> ReportData:
         stored = store.run(run_id)
         if stored is None:
             raise ConfigError(f"{store_path}: has no run {run_id} (named by {run_file})")
-        aggregates = [
-            Aggregate(
-                a["method"],
-                a["metric"],
-                a["aspect"],
-                a["value"],
-                a["ci_low"],
-                a["ci_high"],
-                int(a["n"]),
-                bool(a["higher_is_better"]),
-                bool(a["whole_set"]),
-                a["warning"],
-            )
-            for a in store.aggregates(run_id)
-        ]
+        aggregates = store.aggregates(run_id)
         samples = store.samples(run_id)
     finally:
         store.close()
-    for sample in samples:
-        sample["extra"] = json.loads(sample.pop("extra_json") or "{}")
     return ReportData(
         run_dir=run_dir,
         run_id=run_id,

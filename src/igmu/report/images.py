@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections import defaultdict
 from html import escape
 from typing import Any
@@ -58,9 +59,9 @@ class ImageBank:
 def _verdicts(data: ReportData) -> dict[str, list[tuple[str, bool, float | None]]]:
     found: dict[str, list[tuple[str, bool, float | None]]] = defaultdict(list)
     for s in data.samples:
-        if s["metric"].startswith(DETECTION_PREFIXES) and s["value"] is not None:
-            name = s["metric"].split(".", 1)[1] if "." in s["metric"] else s["metric"]
-            found[s["path"]].append((name, bool(s["value"]), s["extra"].get("score")))
+        if s.metric.startswith(DETECTION_PREFIXES) and math.isfinite(s.value):
+            name = s.metric.split(".", 1)[1] if "." in s.metric else s.metric
+            found[s.path].append((name, bool(s.value), s.extra.get("score")))
     return found
 
 
@@ -89,10 +90,10 @@ def grids_html(data: ReportData, bank: ImageBank, css: str, max_rows: int) -> st
     by_set: dict[str, dict[tuple, dict[str, dict[str, Any]]]] = defaultdict(dict)
     references: dict[tuple, str] = {}
     for s in data.samples:
-        key = (s["prompt_set"], s["class_name"], s["prompt_index"], s["seed"])
-        by_set[s["prompt_set"]].setdefault(key, {}).setdefault(s["method"], s)
-        ref = s["extra"].get("reference")
-        if s["prompt_set"] == "forget" and ref:
+        key = (s.key.prompt_set, s.key.class_name, s.key.prompt_index, s.key.seed)
+        by_set[s.key.prompt_set].setdefault(key, {}).setdefault(s.method, s)
+        ref = s.extra.get("reference")
+        if s.key.prompt_set == "forget" and ref:
             references[key] = ref
     sections = []
     for prompt_set in [p for p in SET_ORDER if p in by_set] + sorted(set(by_set) - set(SET_ORDER)):
@@ -105,7 +106,7 @@ def grids_html(data: ReportData, bank: ImageBank, css: str, max_rows: int) -> st
         rows = []
         for key in keys[:max_rows]:
             entries = by_set[prompt_set][key]
-            prompt = next(iter(entries.values()))["prompt"]
+            prompt = next(iter(entries.values())).prompt
             cells = []
             if with_reference:
                 ref = references.get(key)
@@ -117,7 +118,7 @@ def grids_html(data: ReportData, bank: ImageBank, css: str, max_rows: int) -> st
                 if sample is None:
                     cells.append("<td>–</td>")
                     continue
-                shown = figure(bank, sample["path"], method, verdicts[sample["path"]], css)
+                shown = figure(bank, sample.path, method, verdicts[sample.path], css)
                 cells.append(f"<td>{shown}</td>")
             label = f"{key[1]} #{key[2]} seed {key[3]}"
             rows.append(
@@ -144,19 +145,19 @@ def failures_html(data: ReportData, bank: ImageBank, css: str, per_method: int) 
         flagged = [
             s
             for s in data.samples
-            if s["method"] == method
-            and s["metric"].startswith(DETECTION_PREFIXES[:3])
-            and s["value"] == 1.0
+            if s.method == method
+            and s.metric.startswith(DETECTION_PREFIXES[:3])
+            and s.value == 1.0
         ]
         changed = sorted(
             (
                 s
                 for s in data.samples
-                if s["method"] == method
-                and s["metric"].startswith("lpips")
-                and s["value"] is not None
+                if s.method == method
+                and s.metric.startswith("lpips")
+                and math.isfinite(s.value)
             ),
-            key=lambda s: -s["value"],
+            key=lambda s: -s.value,
         )[:per_method]
         if not flagged and not changed:
             continue
@@ -164,7 +165,7 @@ def failures_html(data: ReportData, bank: ImageBank, css: str, per_method: int) 
         if flagged:
             figures = "".join(
                 figure(
-                    bank, s["path"], f"{s['metric']} · {s['prompt'][:60]}", verdicts[s["path"]], css
+                    bank, s.path, f"{s.metric} · {s.prompt[:60]}", verdicts[s.path], css
                 )
                 for s in flagged[:per_method]
             )
@@ -177,9 +178,9 @@ def failures_html(data: ReportData, bank: ImageBank, css: str, per_method: int) 
             figures = "".join(
                 figure(
                     bank,
-                    s["path"],
-                    f"{s['metric']} {s['value']:.3f} · {s['prompt'][:60]}",
-                    verdicts[s["path"]],
+                    s.path,
+                    f"{s.metric} {s.value:.3f} · {s.prompt[:60]}",
+                    verdicts[s.path],
                     css,
                 )
                 for s in changed

@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from igmu.errors import ConfigError
+from igmu.results import AGGREGATE_COLUMNS, SAMPLE_COLUMNS, Aggregate, Sample
+
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,13 +55,38 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(self.path), timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self.db.execute(
-            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
-        self.db.commit()
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._check_schema()
+            self.db.executescript(SCHEMA)
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            self.db.commit()
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise ConfigError(
+                f"store {self.path}: not a usable igmu SQLite store ({exc})"
+            ) from None
+        except ConfigError:
+            self.db.close()
+            raise
+
+    def _check_schema(self) -> None:
+        """A store written by another schema version is refused, never silently mixed."""
+        has_meta = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not has_meta:
+            return
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            raise ConfigError(
+                f"store {self.path}: schema version {row[0]}, but this igmu reads version "
+                f"{SCHEMA_VERSION}. Use another --store file (or delete this one: it holds "
+                "caches and results of an other igmu version)."
+            )
 
     def close(self) -> None:
         self.db.close()
@@ -128,16 +156,20 @@ class Store:
         spec: dict[str, Any],
         fingerprints: dict[str, Any],
         left_out: list[str],
-        samples: list[tuple],
-        aggregates: list[tuple],
+        samples: list[Sample],
+        aggregates: list[Aggregate],
     ) -> None:
+        """Replace the run's records; a rerun refreshes its folder, fingerprints and package
+        versions (the same run id means the same inputs, not the same software)."""
         now = time.time()
         with self.db:
             self.db.execute("DELETE FROM samples WHERE run_id=?", (run_id,))
             self.db.execute("DELETE FROM aggregates WHERE run_id=?", (run_id,))
             self.db.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE "
-                "SET run_dir=excluded.run_dir, finished_at=excluded.finished_at",
+                "SET run_dir=excluded.run_dir, finished_at=excluded.finished_at, "
+                "spec_json=excluded.spec_json, fingerprints_json=excluded.fingerprints_json, "
+                "left_out_json=excluded.left_out_json",
                 (
                     run_id,
                     task,
@@ -151,12 +183,12 @@ class Store:
                 ),
             )
             self.db.executemany(
-                "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, *row) for row in samples],
+                f"INSERT INTO samples VALUES ({', '.join('?' * (len(SAMPLE_COLUMNS) + 1))})",
+                [(run_id, *s.row()) for s in samples],
             )
             self.db.executemany(
-                "INSERT INTO aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, *row) for row in aggregates],
+                f"INSERT INTO aggregates VALUES ({', '.join('?' * (len(AGGREGATE_COLUMNS) + 1))})",
+                [(run_id, *a.row()) for a in aggregates],
             )
 
     def counts(self) -> dict[str, int]:
@@ -181,21 +213,20 @@ class Store:
             "left_out": json.loads(row[6]),
         }
 
-    def aggregates(self, run_id: str) -> list[dict[str, Any]]:
+    def aggregates(self, run_id: str) -> list[Aggregate]:
         cursor = self.db.execute(
-            "SELECT method, metric, aspect, value, ci_low, ci_high, n, higher_is_better, "
-            "whole_set, warning FROM aggregates WHERE run_id=? ORDER BY method, aspect, metric",
+            f"SELECT {', '.join(AGGREGATE_COLUMNS)} FROM aggregates WHERE run_id=? "
+            "ORDER BY method, aspect, metric",
             (run_id,),
         )
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return [Aggregate.from_row(dict(zip(AGGREGATE_COLUMNS, row, strict=True)))
+                for row in cursor.fetchall()]
 
-    def samples(self, run_id: str) -> list[dict[str, Any]]:
+    def samples(self, run_id: str) -> list[Sample]:
         cursor = self.db.execute(
-            "SELECT method, metric, aspect, prompt_set, class_name, prompt_index, seed, prompt, "
-            "path, sha256, value, extra_json FROM samples WHERE run_id=? "
+            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE run_id=? "
             "ORDER BY method, metric, prompt_set, class_name, prompt_index, seed",
             (run_id,),
         )
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return [Sample.from_row(dict(zip(SAMPLE_COLUMNS, row, strict=True)))
+                for row in cursor.fetchall()]
