@@ -26,7 +26,7 @@ def main() -> int:
 
     import torch
 
-    from igmu.miniworld.demo import DemoOptions, run_demo
+    from igmu.workflows.demo import DemoOptions, run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)

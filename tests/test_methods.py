@@ -12,6 +12,7 @@ pytest.importorskip("diffusers")
 
 from igmu.backbones.weights import weights_fingerprint  # noqa: E402
 from igmu.errors import ConfigError, ModelNotFoundError  # noqa: E402
+from igmu.generation.pipelines import module_sha256  # noqa: E402
 from igmu.methods import (  # noqa: E402
     CARD_NAME,
     METHODS,
@@ -20,7 +21,7 @@ from igmu.methods import (  # noqa: E402
     read_method_card,
     unlearn,
 )
-from igmu.methods.base import copy_with_private_unet, module_sha256  # noqa: E402
+from igmu.methods.pipeline import copy_with_private_unet  # noqa: E402
 from igmu.tasks import load_task  # noqa: E402
 
 QUIET = {"progress": False}
@@ -331,12 +332,17 @@ def test_uce_context_mode_is_the_closed_form_on_in_context_pairs(tiny_pipeline, 
     e, a = torch.stack(erase_rows), torch.stack(anchor_rows)
     keep = hidden_and_ids(tiny_pipeline, list(task.unlearning.preserve))[0].reshape(-1, 32)
     eye = torch.eye(32, dtype=torch.float64)
+    gram = 0.5 * eye + e.T @ e + keep.T @ keep
     edited = dict(cross_attention_projections(pipeline.unet))
     for name, linear in cross_attention_projections(tiny_pipeline.unet):
         old, new = linear.weight.double(), edited[name].weight.double()
-        lhs = new @ (0.5 * eye + e.T @ e + keep.T @ keep)
+        lhs = new @ gram
         rhs = 0.5 * old + (a @ old.T).T @ e + (keep @ old.T).T @ keep
-        assert torch.allclose(lhs, rhs, rtol=1e-4, atol=1e-5), name
+        # The edit is solved in float64 and stored in float32: rounding W' (relative error at
+        # most eps32) leaves a residual of at most eps32 * |W'| * |gram| in the equations, so
+        # the tolerance scales with the system instead of being a fixed atol.
+        bound = 4 * torch.finfo(torch.float32).eps * new.norm() * torch.linalg.matrix_norm(gram, 2)
+        assert (lhs - rhs).norm() <= bound, (name, float((lhs - rhs).norm()), float(bound))
         # and the edit moved the prompts' keys/values towards the anchors'
         gap_before = (e @ old.T - a @ old.T).norm()
         assert (e @ new.T - a @ old.T).norm() < 0.5 * gap_before, name

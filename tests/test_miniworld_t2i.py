@@ -120,7 +120,8 @@ def test_pipeline_is_deterministic_and_round_trips(short_run, tmp_path) -> None:
 
 def test_generation_engine_loads_the_folder(short_run) -> None:
     from igmu.generation import GenerationSettings
-    from igmu.generation.diffusers_backend import PIPELINE_CLASSES, DiffusersGenerator
+    from igmu.generation.diffusers_backend import DiffusersGenerator
+    from igmu.generation.pipelines import PIPELINE_CLASSES
 
     out, _ = short_run
     assert PIPELINE_CLASSES["MiniWorldPipeline"] is MiniWorldPipeline

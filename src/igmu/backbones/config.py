@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from igmu.constants import ORG
 from igmu.errors import ConfigError
 from igmu.registry import did_you_mean
 
@@ -57,18 +58,70 @@ class ModelsConfig:
         return self.values[name]
 
 
-def _absolute(value: Any, base: Path) -> Any:
-    """Paths written ./x or ../x in a models file are relative to the file's folder."""
-    if isinstance(value, str) and value.startswith(("./", "../")):
-        return str((base / value).resolve())
-    if isinstance(value, dict):
-        return {k: _absolute(v, base) for k, v in value.items()}
+# Where a models file names a file or folder (a Hugging Face id is allowed where models load
+# from the hub). Keys of a mapping field are names (heads, methods); "*" means every key.
+PATH_FIELDS: dict[str, tuple[str, ...]] = {
+    "clip_detector": ("",),
+    "clip_score": ("",),
+    "fid": ("weights", "model"),
+    "lpips": ("backbone_weights",),
+    "heads": ("*",),
+    "person": ("weights",),
+    "miniworld": ("judges",),
+    "generator": ("model",),
+    "methods": ("*", "*.model"),
+}
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """A path in a models file, relative to the file's folder; a Hugging Face id stays as is.
+
+    ``x/y`` is a path when it exists next to the file, else a hub id when it looks like one;
+    anything else relative resolves against the file's folder (so errors name the full path).
+    """
+    from igmu.backbones.resolve import HUB_ID
+
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    beside = (base / path).resolve()
+    if value.startswith(("./", "../")) or beside.exists() or not HUB_ID.match(value):
+        return str(beside)
     return value
 
 
-def load_models_config(path: str | Path | None) -> ModelsConfig:
+def _absolute(field: str, value: Any, base: Path) -> Any:
+    keys = PATH_FIELDS.get(field, ())
+    if isinstance(value, str):
+        return resolve_path(value, base) if "" in keys or "*" in keys else value
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        if isinstance(item, str) and (key in keys or "*" in keys):
+            out[key] = resolve_path(item, base)
+        elif isinstance(item, dict) and "*.model" in keys and isinstance(item.get("model"), str):
+            out[key] = {**item, "model": resolve_path(item["model"], base)}
+        else:
+            out[key] = item
+    return out
+
+
+def default_models_config(task: Any = None) -> ModelsConfig:
+    """The models a command uses without --models: a task's own world's when it has one (the
+    MiniWorld ships its models), else the defaults above (Hugging Face ids)."""
+    if task is not None and getattr(task, "world", None) == "miniworld":
+        from igmu.miniworld.shipped import world_models
+
+        return ModelsConfig(_validated(world_models(), "(the MiniWorld's shipped models)"),
+                            "(the MiniWorld's shipped models)")
+    return ModelsConfig()
+
+
+def load_models_config(path: str | Path | None, task: Any = None) -> ModelsConfig:
+    """The models file at ``path``; without one, `default_models_config(task)`."""
     if path is None:
-        return ModelsConfig()
+        return default_models_config(task)
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--models {path}: file does not exist")
@@ -78,7 +131,6 @@ def load_models_config(path: str | Path | None) -> ModelsConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a models file must be a mapping of role -> model")
-    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     for key, value in raw.items():
         if key not in DEFAULTS:
             raise ConfigError(f"{path}: unknown field {key!r}.{did_you_mean(key, list(FIELDS))}")
@@ -87,7 +139,15 @@ def load_models_config(path: str | Path | None) -> ModelsConfig:
             raise ConfigError(
                 f"{path}: field {key!r} must be {expected.__name__}, got {type(value).__name__}"
             )
-        values[key] = _absolute(value, path.parent)
+    resolved = {key: _absolute(key, value, path.parent) for key, value in raw.items()}
+    return ModelsConfig(_validated(resolved, str(path)), str(path))
+
+
+def _validated(given: dict[str, Any], source: str) -> dict[str, Any]:
+    """Defaults overlaid with ``given`` (already checked for unknown fields), validated."""
+    path = source
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    values.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in given.items()})
     fid_kind = values["fid"].get("kind")
     if fid_kind not in FID_KINDS:
         raise ConfigError(f"{path}: field 'fid.kind' must be one of {FID_KINDS}, got {fid_kind!r}")
@@ -97,7 +157,7 @@ def load_models_config(path: str | Path | None) -> ModelsConfig:
             f"{path}: field 'person.kind' must be 'yolo' or 'hog', got {person_kind!r}"
         )
     _validate_generation(values, path)
-    return ModelsConfig(values, str(path))
+    return values
 
 
 GENERATOR_FIELDS = {"model": str, "steps": int, "guidance": float, "height": int, "width": int}
@@ -105,7 +165,7 @@ METHOD_FIELDS = ("model", "negative_prompt")
 METHOD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-def _validate_generation(values: dict[str, Any], path: Path) -> None:
+def _validate_generation(values: dict[str, Any], path: str) -> None:
     """`generator` (merged over its defaults) and `methods` for `igmu generate`."""
     generator = {**DEFAULTS["generator"], **values["generator"]}
     for key, value in generator.items():
@@ -131,7 +191,7 @@ def _validate_generation(values: dict[str, Any], path: Path) -> None:
             raise ConfigError(
                 f"{where}: a method name is letters, digits and _.+- (it becomes a folder name)"
             )
-        if name == "ORG":
+        if name == ORG:
             raise ConfigError(f"{where}: ORG is the original model; set it as 'generator.model'")
         if isinstance(entry, str):
             entry = {"model": entry}

@@ -14,7 +14,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "ESD and NEGPROMPT images with the shipped tiny text-to-image model, evaluate all five "
         "aspects and write a report per task. Writes DIR/metrics.csv and DIR/runs/<task>/.",
     )
-    from igmu.miniworld.demo import DemoOptions
+    from igmu.workflows.demo import DemoOptions
 
     defaults = DemoOptions()
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -35,8 +35,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from igmu.cli.evaluate_cmd import print_table
     from igmu.errors import ConfigError
-    from igmu.miniworld.demo import MINI_TASKS, DemoOptions, run_demo
     from igmu.registry import did_you_mean
+    from igmu.workflows.demo import MINI_TASKS, DemoOptions, run_demo
 
     tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else MINI_TASKS
     for task in tasks:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from igmu.backbones.config import load_models_config
+from igmu.constants import ORG
 from igmu.evaluation.engine import EvaluationOptions, evaluate
 from igmu.tasks import load_task
 from igmu.tasks.igmu_json import with_igmu_prompts
@@ -30,13 +31,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--layout", choices=["igmu", "manifest"], default="igmu")
     parser.add_argument("--out", required=True, type=Path, help="run folder to write")
-    parser.add_argument("--models", type=Path, help="models file (YAML); see `igmu models`")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        help="models file (YAML); see `igmu models` (default: the task's world's shipped "
+        "models for MiniWorld tasks, else the built-in defaults)",
+    )
     parser.add_argument(
         "--store", type=Path, help="SQLite store (default: igmu.sqlite beside the run folder)"
     )
     parser.add_argument(
         "--reference-method",
-        default="ORG",
+        default=ORG,
         help="the original, un-unlearned model's method name (default ORG)",
     )
     parser.add_argument(
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     if args.igmu_prompts:
         task = with_igmu_prompts(task, args.igmu_prompts)
-    models = load_models_config(args.models)
+    models = load_models_config(args.models, task)
     options = EvaluationOptions(
         layout=args.layout,
         reference_method=args.reference_method,

@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--models",
         type=Path,
         metavar="FILE",
-        help="models file (YAML) with 'generator' and 'methods'; see `igmu models`",
+        help="models file (YAML) with 'generator' and 'methods'; see `igmu models` (default: "
+        "the task's world's shipped models for MiniWorld tasks, else the built-in defaults)",
     )
     parser.add_argument(
         "--images-per-prompt",
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from igmu.tasks import load_task
 
     task = load_task(args.task)
-    models = load_models_config(args.models)
+    models = load_models_config(args.models, task)
     if args.threads:
         import torch
 

@@ -18,6 +18,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "local cache with HF_HUB_OFFLINE=1) or a local folder/file. Without a subcommand, "
         "prints the default models file.",
     )
+    parser.add_argument(
+        "--world",
+        choices=["mini", "miniworld"],
+        help="print the models file of a world whose models ship with igmu (mini = the "
+        "MiniWorld; its tasks use it when no --models is given)",
+    )
     sub = parser.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
     tiny = sub.add_parser(
         "make-tiny",
@@ -37,6 +43,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    if args.world:
+        from igmu.miniworld.shipped import world_models
+
+        print("# The MiniWorld's models file: what mini_* tasks use without --models.")
+        print("# Add unlearned models under 'methods' (paths are relative to this file).")
+        print(yaml.safe_dump(world_models(), sort_keys=False).rstrip())
+        return 0
     print("# Default models file (copy, edit, pass with --models FILE)")
     print(yaml.safe_dump(DEFAULTS, sort_keys=False).rstrip())
     return 0

@@ -60,9 +60,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", required=True, help="built-in task name or task YAML path")
     parser.add_argument(
         "--base",
-        required=True,
         help="base pipeline: a diffusers save_pretrained folder or a Hugging Face id "
-        "(read from the local cache when HF_HUB_OFFLINE=1)",
+        "(read from the local cache when HF_HUB_OFFLINE=1); default: generator.model of "
+        "--models, or the shipped model of a MiniWorld task",
+    )
+    parser.add_argument(
+        "--models", type=Path, help="models file whose generator.model is the base (see --base)"
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder to write")
     parser.add_argument(
@@ -118,6 +121,20 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def base_model(args: argparse.Namespace, task: Any) -> str:
+    """--base, else the models file's (or the task's world's) generator.model."""
+    from igmu.backbones.config import load_models_config
+
+    if args.base:
+        return str(args.base)
+    if args.models is None and task.world is None:
+        raise ConfigError(
+            f"--base is required for task {task.name!r}: give a diffusers pipeline folder or "
+            "Hugging Face id (or --models FILE with generator.model)"
+        )
+    return str(load_models_config(args.models, task).get("generator")["model"])
+
+
 def run(args: argparse.Namespace) -> int:
     from igmu.methods import get_method
     from igmu.tasks import load_task
@@ -126,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     settings = settings_from_args(args)
     method.settings(settings)  # report a bad setting before loading any weights
-    result = method.apply(args.base, task, settings, args.out)
+    result = method.apply(base_model(args, task), task, settings, args.out)
     card = result.card
     if card["pipeline_folder"]:
         print(

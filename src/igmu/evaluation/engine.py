@@ -16,6 +16,7 @@ import numpy as np
 
 import igmu
 from igmu.backbones.config import ModelsConfig
+from igmu.constants import ORG
 from igmu.dataset.layouts import read_igmu_layout, read_manifest
 from igmu.dataset.records import ImageRecord
 from igmu.errors import ConfigError
@@ -46,7 +47,7 @@ PACKAGES = (
 @dataclass
 class EvaluationOptions:
     layout: str = "igmu"
-    reference_method: str = "ORG"
+    reference_method: str = ORG
     allow_missing: bool = False
     metrics: list[str] | None = None
     detectors: list[str] | None = None

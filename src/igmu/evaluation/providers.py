@@ -26,6 +26,7 @@ class Providers:
         )
         self.device = device
         self._built: dict[str, Any] = {}
+        self._shared: dict[str, Any] = {}
 
     def _once(self, key: str, build) -> Any:
         if key not in self._built:
@@ -67,9 +68,7 @@ class Providers:
         def build() -> Any:
             config = self.models.get("fid")
             if config.get("kind") == "miniworld":
-                from igmu.miniworld.judges import JudgeFeatures
-
-                return JudgeFeatures(self.models.get("miniworld").get("judges"))
+                return self.miniworld_features()
             if config.get("kind") == "clip":
                 model = config.get("model") or self.models.get("clip_detector")
                 return ClipBackbone.from_reference(
@@ -87,14 +86,26 @@ class Providers:
 
             config = self.models.get("lpips")
             if config.get("net") == "miniworld":
-                from igmu.miniworld.judges import JudgeFeatures
-
-                return JudgeFeatures(self.models.get("miniworld").get("judges"))
+                return self.miniworld_features()
             return LpipsBackbone(
                 config.get("net", "alex"), config.get("backbone_weights"), self.device
             )
 
         return self._once("lpips", build)
+
+    def miniworld_features(self) -> Any:
+        """The MiniWorld judges' features (FID and LPIPS share one network, and the mini_judge
+        detectors the same loaded judge)."""
+
+        def build() -> Any:
+            from igmu.miniworld.judge_detector import load_judges, resolve_judges_dir
+            from igmu.miniworld.judges import JudgeFeatures
+
+            return JudgeFeatures(load_judges(resolve_judges_dir(self.models)))
+
+        if "miniworld_features" not in self._shared:  # described as fid / lpips, not twice
+            self._shared["miniworld_features"] = build()
+        return self._shared["miniworld_features"]
 
     def describe(self) -> dict[str, Any]:
         described = {}

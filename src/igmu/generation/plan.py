@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from igmu.backbones.config import DEFAULTS, ModelsConfig
+from igmu.constants import METHOD_CARD, NEGPROMPT, ORG, PROMPT_SET_KINDS
 from igmu.errors import ConfigError
 from igmu.generation.base import GenerationSettings
+from igmu.methods.card import read_method_card
 from igmu.registry import did_you_mean
-from igmu.tasks.model import PROMPT_SET_KINDS, Task
+from igmu.tasks.model import Task
 
-ORG = "ORG"
-NEGPROMPT = "NEGPROMPT"
 BUILTIN_METHODS = (ORG, NEGPROMPT)
-# The card `igmu unlearn` writes beside (or, for inference-time methods, instead of) a pipeline.
-METHOD_CARD = "igmu_method.json"
-METHOD_CARD_SCHEMA = "igmu.method/1"
 
 
 @dataclass(frozen=True)
@@ -64,25 +59,12 @@ def known_methods(models: ModelsConfig) -> list[str]:
     return list(dict.fromkeys([*BUILTIN_METHODS, *models.get("methods")]))
 
 
-def _read_card(folder: Path) -> dict[str, Any] | None:
-    path = folder / METHOD_CARD
-    if not path.is_file():
-        return None
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(card, dict) or card.get("schema") != METHOD_CARD_SCHEMA:
-        raise ConfigError(f"{path}: field 'schema' must be {METHOD_CARD_SCHEMA!r}")
-    return card
-
-
 def _from_card(
     name: str, model: str, field: str, negative: str | None, explicit_negative: bool
 ) -> tuple[str, str, str | None]:
     """Apply a method card: its negative prompt, and its base model when it has no weights."""
     folder = Path(model).expanduser()
-    card = _read_card(folder) if folder.is_dir() else None
+    card = read_method_card(folder) if folder.is_dir() else None
     if card is None:
         return model, field, negative
     if not explicit_negative and card.get("negative_prompt") is not None:

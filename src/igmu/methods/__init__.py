@@ -12,21 +12,20 @@ and ``out/igmu_method.json``; ``read_method_card(out)`` reads the card back.
 
 from igmu.methods import esd, negprompt, uce  # noqa: F401  (fill the registry)
 from igmu.methods.base import (
-    CARD_NAME,
-    CARD_SCHEMA,
     METHODS,
-    BaseInfo,
     EditOutcome,
     UnlearningMethod,
     UnlearnResult,
+    get_method,
+    unlearn,
+)
+from igmu.methods.card import CARD_NAME, CARD_SCHEMA, negative_prompt_of, read_method_card
+from igmu.methods.pipeline import (
+    BaseInfo,
     cross_attention_modules,
     cross_attention_projections,
     encode_prompts,
-    get_method,
-    negative_prompt_of,
-    read_method_card,
     resolve_pipeline_location,
-    unlearn,
 )
 
 __all__ = [

@@ -44,10 +44,10 @@ from igmu.methods.base import (
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
-    encode_prompts,
     register_method,
     require,
 )
+from igmu.methods.pipeline import encode_prompts
 from igmu.tasks import Task
 
 X_T_MODES = ("sample", "noise")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from igmu.constants import NEGPROMPT, ORG
 from igmu.methods.base import (
     EditOutcome,
     UnlearningMethod,
@@ -27,7 +28,7 @@ from igmu.tasks import Task
 
 @register_method
 class ORG(UnlearningMethod):
-    name = "ORG"
+    name = ORG
     summary = "The original model, untouched (the reference every method is compared with)"
     defaults: dict[str, Any] = {}
     changes_weights = False
@@ -38,7 +39,7 @@ class ORG(UnlearningMethod):
 
 @register_method
 class NEGPROMPT(UnlearningMethod):
-    name = "NEGPROMPT"
+    name = NEGPROMPT
     summary = (
         "Inference-time baseline: the original weights, generated with the concept as the "
         "negative prompt"

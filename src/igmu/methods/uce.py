@@ -57,13 +57,11 @@ from igmu.methods.base import (
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
-    cross_attention_projections,
-    encode_prompts,
     register_method,
     require,
-    token_length,
     unique,
 )
+from igmu.methods.pipeline import cross_attention_projections, encode_prompts, token_length
 from igmu.tasks import Task
 
 TOKEN_MODES = ("auto", "last", "tail", "phrase", "context")

@@ -22,7 +22,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from igmu.generation.diffusers_backend import register_pipeline_class
+from igmu.generation.pipelines import register_pipeline_class
 
 
 class MiniWorldPipeline(DiffusionPipeline):

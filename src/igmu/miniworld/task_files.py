@@ -164,6 +164,7 @@ def _task(
         "title": title,
         "description": description,
         "node": node,
+        "world": "miniworld",
         "concept": {"name": concept_name, "words": words},
         "guidance": guidance,
         "prompt_sets": {

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from igmu.constants import ORG
 from igmu.errors import ConfigError
 from igmu.results import ASPECTS, Aggregate, Sample
 from igmu.store import Store
@@ -26,7 +27,7 @@ class ReportData:
 
     @property
     def reference_method(self) -> str:
-        return str(self.spec.get("reference_method", "ORG"))
+        return str(self.spec.get("reference_method", ORG))
 
     @property
     def methods(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,10 @@ TOP_LEVEL_FIELDS = {
     "guidance",
     "prompt_sets",
     "unlearning",
+    "world",
 }
+# Worlds whose models ship with igmu: a task of such a world needs no models file.
+WORLDS = ("miniworld",)
 MIN_FORGET_PROMPTS_PER_CLASS = 1
 
 
@@ -200,6 +204,12 @@ def parse_task(text: str, source: str) -> Task:
     if not isinstance(igmu, dict):
         raise ConfigError(f"{source}: field 'igmu' must be a mapping")
     unlearning = _parse_unlearning(raw.get("unlearning"), source, sets)
+    world = raw.get("world")
+    if world is not None and world not in WORLDS:
+        raise ConfigError(
+            f"{source}: field 'world' is {world!r}; known worlds: {', '.join(WORLDS)}"
+            f"{did_you_mean(str(world), list(WORLDS))}"
+        )
     return Task(
         name=name,
         version=version,
@@ -214,6 +224,8 @@ def parse_task(text: str, source: str) -> Task:
         igmu_key=igmu.get("key"),
         description=str(raw.get("description", "")),
         unlearning=unlearning,
+        world=world,
+        content_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
     )
 
 

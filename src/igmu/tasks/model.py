@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Prompt-set kinds a task may define; `stripped` is derived from `forget`, never written by hand.
-PROMPT_SET_KINDS = ("forget", "stripped", "unrelated", "related", "multilingual", "paraphrase")
+from igmu.constants import PROMPT_SET_KINDS
+
+__all__ = ["PROMPT_SET_KINDS", "Prompt", "PromptSet", "Task", "UnlearningPrompts"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class Task:
     igmu_key: str | None = None
     description: str = ""
     unlearning: UnlearningPrompts | None = None
+    # A world whose models ship with igmu ("miniworld"): commands default to its models.
+    world: str | None = None
+    # sha256 of the task file's text: what caches of anything derived from the task key on.
+    content_sha256: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

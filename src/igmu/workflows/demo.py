@@ -18,12 +18,13 @@ from pathlib import Path
 
 import yaml
 
+import igmu
 from igmu.backbones.config import load_models_config
-from igmu.errors import ModelNotFoundError
+from igmu.constants import METHOD_CARD, NEGPROMPT, ORG
+from igmu.miniworld.shipped import GENERATION, shipped_models, world_models
 
 MINI_TASKS = ("mini_attribute", "mini_object", "mini_style")
-METHODS = ("ORG", "UCE", "ESD", "NEGPROMPT")
-WEIGHTS = Path(__file__).parent / "weights"
+METHODS = (ORG, "UCE", "ESD", NEGPROMPT)
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class DemoOptions:
     images_per_prompt: int = 1
     # 8 DDIM steps draw as well as 25 in this world (judges: shape/colour/style 100%, spot 99%
     # over 96 prompts at guidance 2) at a third of the time.
-    steps: int = 8
-    guidance: float = 2.0
+    steps: int = GENERATION["steps"]
+    guidance: float = GENERATION["guidance"]
     batch_size: int = 32
     # ESD for this world, measured on the three tasks (docs/design/miniworld.md): the paper's
     # lr 1e-5 x 1000 steps is for SD; x_t sampled in 10 DDIM steps at the world's guidance.
@@ -47,48 +48,34 @@ class DemoOptions:
     progress: bool = True
 
 
-def shipped_models() -> tuple[Path, Path]:
-    t2i, clip = WEIGHTS / "t2i", WEIGHTS / "clip"
-    for path, what in ((t2i, "text-to-image pipeline"), (clip, "CLIP")):
-        if not (path / ("model_index.json" if path == t2i else "config.json")).is_file():
-            raise ModelNotFoundError(
-                f"the MiniWorld {what} is not at {path}; this install has no shipped MiniWorld "
-                "weights. Train them with `igmu miniworld train --out DIR` and copy DIR/t2i and "
-                "DIR/clip there."
-            )
-    return t2i, clip
-
-
-def write_models_file(path: Path, t2i: Path, clip: Path, methods: dict[str, str],
-                      options: DemoOptions) -> Path:
-    models = {
-        "clip_detector": str(clip),
-        "clip_score": str(clip),
-        "fid": {"kind": "miniworld"},
-        "lpips": {"net": "miniworld"},
-        "generator": {"model": str(t2i), "steps": options.steps, "guidance": options.guidance,
-                      "height": 32, "width": 32},
-        "methods": methods,
-    }
+def write_models_file(path: Path, methods: dict[str, Path], options: DemoOptions) -> Path:
+    """The world's models plus the demo's unlearned ones, named relative to the file's folder
+    (so the run folder can move) and with the demo's sampling settings."""
+    values = world_models(
+        {name: f"./{Path(folder).relative_to(path.parent).as_posix()}"
+         for name, folder in methods.items()}
+    )
+    values["generator"].update(steps=options.steps, guidance=options.guidance)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(models, sort_keys=False), encoding="utf-8")
+    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
     return path
 
 
 def _unlearned(method: str, base: Path, task, folder: Path, settings: dict) -> Path:
-    """Unlearn once per (method, settings, base weights, task file); a rerun reuses it."""
+    """Unlearn once per (method, settings, every base weight, task content, igmu version); a
+    rerun reuses it."""
     from igmu.backbones.weights import weights_fingerprint
     from igmu.methods import unlearn
 
     identity = json.dumps(
-        {"settings": {k: v for k, v in settings.items() if k != "progress"},
-         "base": weights_fingerprint(base / "unet"), "task": task.source,
-         "task_sha256": hashlib.sha256(Path(task.source).read_bytes()).hexdigest()
-         if Path(task.source).is_file() else task.source},
+        {"method": method,
+         "settings": {k: v for k, v in settings.items() if k != "progress"},
+         "base": weights_fingerprint(base), "task": task.name,
+         "task_sha256": task.content_sha256, "igmu": igmu.__version__},
         sort_keys=True,
     )
     out = folder / f"{method}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
-    if not (out / "igmu_method.json").is_file():
+    if not (out / METHOD_CARD).is_file():
         unlearn(method, str(base), task, out, {**settings, "overwrite": True})
     return out
 
@@ -114,7 +101,7 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
     from igmu.report.page import render_html
     from igmu.tasks import load_task
 
-    t2i, clip = shipped_models()
+    t2i, _ = shipped_models()
     out.mkdir(parents=True, exist_ok=True)
     combined: list[list[str]] = []
     header: list[str] = []
@@ -135,8 +122,8 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
         }
         esd = _unlearned("ESD", t2i, task, out / "models" / name, esd_settings)
         lap("esd")
-        models_file = write_models_file(out / "models" / name / "models.yaml", t2i, clip,
-                                        {"UCE": str(uce), "ESD": str(esd)}, options)
+        models_file = write_models_file(out / "models" / name / "models.yaml",
+                                        {"UCE": uce, "ESD": esd}, options)
         models = load_models_config(models_file)
         say(f"[{name}] generating {', '.join(METHODS)} images ...")
         main_sets = ["forget", "stripped"] if task.reference == "stripped" else ["forget"]
