@@ -225,8 +225,9 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
     from igmu.evaluation.executor import _resize
     from igmu.evaluation.pairing import pair_images
     from igmu.metrics import functional as F
-    from igmu.metrics.base import mean_result, rate_result, reference_pairs
+    from igmu.metrics.base import mean_result, prompt_of, rate_result, reference_pairs
     from igmu.metrics.clip_score import scored_text
+    from igmu.metrics.clustered import paired_frechet_interval
     from igmu.metrics.fid import primary_set
 
     def clip(reference: str, role: str) -> ClipBackbone:
@@ -274,7 +275,9 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
             stats.forward("clip(detector)")
             flags.append(_Sample(float(detector.verdict(raw).flagged), rec))
         if flags:
-            values[(name, method)] = rate_result(name, "forgetting", False, method, flags).value
+            values[(name, method)] = (
+                rate_result(_Metric(name, "forgetting", False), method, flags).aggregate.value
+            )
     stats.lap("residual_rate")
 
     def image_text(path: str, text: str) -> float:
@@ -293,8 +296,8 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
             for rec in paired.records(method, primary)
         ]
         if samples:
-            result = mean_result("clip_score", "alignment", True, method, samples, resamples, seed)
-            values[("clip_score", method)] = result.value
+            result = mean_result(_Metric("clip_score", "alignment", True), method, samples)
+            values[("clip_score", method)] = result.aggregate.value
     stats.lap("clip_score")
 
     # csdr: the reference and the method image re-encoded for every pair.
@@ -305,8 +308,8 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
             ref_score, own_score = image_text(ref.path, text), image_text(rec.path, text)
             samples.append(_Sample(float(F.csdr([ref_score], [own_score])[0]), rec))
         if samples:
-            result = mean_result("csdr", "alignment", False, method, samples, resamples, seed)
-            values[("csdr", method)] = result.value
+            result = mean_result(_Metric("csdr", "alignment", False), method, samples)
+            values[("csdr", method)] = result.aggregate.value
     stats.lap("csdr")
 
     # fid: features of both sets recomputed per method, one image at a time.
@@ -321,7 +324,8 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
             stats.forward("fid", 2)
         refs_arr, own_arr = np.stack(refs), np.stack(own)
         values[("fid", method)] = F.frechet_distance(refs_arr, own_arr)
-        F.bootstrap_frechet_interval(refs_arr, own_arr, min(resamples, 200), seed)
+        clusters = [prompt_of(rec) for _, rec in pairs]
+        paired_frechet_interval(refs_arr, own_arr, clusters, min(resamples, 200), seed)
     stats.lap("fid")
 
     # lpips: the official loop, one pair per forward.
@@ -338,9 +342,9 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
             stats.forward("lpips(pair)")
         groups = [s.record.key.class_name for s in samples]
         result = mean_result(
-            "lpips", "preservation", False, method, samples, resamples, seed, groups=groups
+            _Metric("lpips", "preservation", False), method, samples, groups=groups
         )
-        values[("lpips", method)] = result.value
+        values[("lpips", method)] = result.aggregate.value
     stats.lap("lpips")
     return values
 
@@ -349,6 +353,13 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
 class _Sample:
     value: float
     record: Any
+
+
+@dataclass(frozen=True)
+class _Metric:
+    name: str
+    aspect: str
+    higher_is_better: bool
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,21 +51,3 @@ def test_wilson_interval_matches_closed_form() -> None:
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     low, high = F.wilson_interval(k, n)
     assert (low, high) == pytest.approx((centre - half, centre + half), rel=1e-6)
-
-
-def test_bootstrap_intervals_contain_the_estimate() -> None:
-    rng = np.random.default_rng(1)
-    values = rng.exponential(size=25)
-    low, high = F.bootstrap_mean_interval(values, 500, 0)
-    assert low <= values.mean() <= high
-    groups = np.array(["a"] * 10 + ["b"] * 15)
-    low, high = F.bootstrap_group_mean_interval(values, groups, 300, 0)
-    assert low <= F.mean_of_group_means(values, groups) <= high
-    a, b = rng.normal(size=(20, 4)), rng.normal(size=(20, 4)) + 0.5
-    low, high = F.bootstrap_frechet_interval(a, b, 100, 0)
-    assert low <= F.frechet_distance(a, b) <= high
-
-
-def test_bootstrap_is_seeded() -> None:
-    values = np.random.default_rng(2).normal(size=40)
-    assert F.bootstrap_mean_interval(values, 300, 7) == F.bootstrap_mean_interval(values, 300, 7)

@@ -27,6 +27,7 @@ AGGREGATE_COLUMNS = (
     "higher_is_better",
     "whole_set",
     "warning",
+    "prompts",
 )
 SAMPLE_COLUMNS = (
     "method",
@@ -121,7 +122,8 @@ class Aggregate:
     value: float
     ci_low: float
     ci_high: float
-    n: int
+    n: int  # images
+    prompts: int = 0  # distinct prompts among them: the unit of the interval
     whole_set: bool = False
     warning: str = ""
 
@@ -141,6 +143,7 @@ class Aggregate:
             int(self.higher_is_better),
             int(self.whole_set),
             self.warning,
+            self.prompts,
         )
 
     @classmethod
@@ -154,6 +157,7 @@ class Aggregate:
             ci_low=_nan(row["ci_low"]),
             ci_high=_nan(row["ci_high"]),
             n=int(row["n"]),
+            prompts=int(row["prompts"] or 0),
             whole_set=bool(row["whole_set"]),
             warning=row["warning"] or "",
         )

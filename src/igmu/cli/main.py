@@ -8,6 +8,7 @@ import warnings
 
 from igmu import __version__
 from igmu.cli import (
+    compare_cmd,
     demo_cmd,
     detect_cmd,
     evaluate_cmd,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         generate_cmd,
         unlearn_cmd,
         evaluate_cmd,
+        compare_cmd,
         detect_cmd,
         report_cmd,
         models_cmd,
@@ -58,11 +60,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except IGMUError as exc:
+        close_progress_bars()
         print(f"igmu: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        close_progress_bars()
         print("igmu: interrupted; finished work is cached, rerun to resume", file=sys.stderr)
         return 130
+
+
+def close_progress_bars() -> None:
+    """End any progress bar's line, so a message starts on a line of its own."""
+    from tqdm import tqdm
+
+    bars = list(getattr(tqdm, "_instances", ()))
+    for bar in bars:
+        bar.close()
+    if bars:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

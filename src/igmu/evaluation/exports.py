@@ -22,6 +22,7 @@ METRICS_COLUMNS = [
     "ci_low",
     "ci_high",
     "n",
+    "prompts",
     "higher_is_better",
 ]
 SAMPLES_COLUMNS = [
@@ -85,6 +86,7 @@ def write_exports(
                 _fmt(a.ci_low),
                 _fmt(a.ci_high),
                 a.n,
+                a.prompts,
                 "true" if a.higher_is_better else "false",
             ]
         )

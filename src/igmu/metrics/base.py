@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from igmu.dataset.records import ImageRecord
-from igmu.metrics import functional as F
+from igmu.metrics import clustered as C
 from igmu.registry import Registry
 from igmu.results import Aggregate, MetricResult, Sample
 
@@ -86,19 +86,32 @@ def load_all() -> None:
     )
 
 
-def small_sample_warning(n: int) -> str:
+def prompt_of(record: ImageRecord) -> str:
+    """The unit of every interval: a prompt (its seeds are not independent images)."""
+    key = record.key
+    return f"{key.prompt_set}\x1f{key.class_name}\x1f{key.prompt_index}"
+
+
+def small_sample_warning(prompts: int) -> str:
     return (
-        f"n={n} < {SMALL_SAMPLE}: the CI is wide; treat as indicative" if n < SMALL_SAMPLE else ""
+        f"{prompts} prompt(s) < {SMALL_SAMPLE}: the interval is wide; treat as indicative"
+        if prompts < SMALL_SAMPLE
+        else ""
     )
 
 
 def rate_result(metric: Metric, method: str, samples: list[Sample]) -> MetricResult:
-    """Share of samples whose value is 1, with a Wilson interval."""
+    """Share of samples whose value is 1; Wilson interval at the effective sample size of the
+    prompts (seeds of one prompt count as one unit as far as they agree)."""
     flags = np.array([s.value for s in samples], dtype=np.float64)
-    k, n = int(flags.sum()), len(flags)
-    low, high = F.wilson_interval(k, n)
-    value = k / n if n else float("nan")
-    return make_result(metric, method, value, low, high, n, samples, small_sample_warning(n))
+    n = len(flags)
+    clusters = [prompt_of(s.record) for s in samples]
+    prompts = len(set(clusters))
+    _, low, high = C.cluster_rate_interval(flags, clusters)
+    value = float(flags.mean()) if n else float("nan")
+    return make_result(
+        metric, method, value, low, high, n, prompts, samples, small_sample_warning(prompts)
+    )
 
 
 def make_result(
@@ -108,6 +121,7 @@ def make_result(
     low: float,
     high: float,
     n: int,
+    prompts: int,
     samples: list[Sample],
     warning: str,
     whole_set: bool = False,
@@ -121,6 +135,7 @@ def make_result(
         low,
         high,
         n,
+        prompts=prompts,
         whole_set=whole_set,
         warning=warning,
     )
@@ -128,33 +143,26 @@ def make_result(
 
 
 def mean_result(
-    metric: Metric,
-    method: str,
-    samples: list[Sample],
-    resamples: int,
-    seed: int,
-    groups: list[str] | None = None,
+    metric: Metric, method: str, samples: list[Sample], groups: list[str] | None = None
 ) -> MetricResult:
-    """Mean (or mean of group means) of finite values; NaN samples are kept but counted out."""
+    """Mean (or, with ``groups``, mean of group means) of finite values with a t interval over
+    prompts; NaN samples are kept but counted out, with a warning."""
     values = np.array([s.value for s in samples], dtype=np.float64)
     finite = np.isfinite(values)
     undefined = int((~finite).sum())
-    kept = values[finite]
-    warnings = [small_sample_warning(len(kept))]
+    kept = [s for s, ok in zip(samples, finite, strict=True) if ok]
+    clusters = [prompt_of(s.record) for s in kept]
+    prompts = len(set(clusters))
+    warnings = [small_sample_warning(prompts)]
     if undefined:
         warnings.append(f"{undefined} sample(s) undefined (NaN) and excluded")
     warning = "; ".join(w for w in warnings if w)
     nan = float("nan")
-    if len(kept) == 0:
-        return make_result(metric, method, nan, nan, nan, 0, samples, warning)
-    if groups is not None:
-        group_arr = np.array(groups)[finite]
-        value = F.mean_of_group_means(kept, group_arr)
-        low, high = F.bootstrap_group_mean_interval(kept, group_arr, resamples, seed)
-    else:
-        value = float(kept.mean())
-        low, high = F.bootstrap_mean_interval(kept, resamples, seed)
-    return make_result(metric, method, value, low, high, len(kept), samples, warning)
+    if not kept:
+        return make_result(metric, method, nan, nan, nan, 0, 0, samples, warning)
+    strata = None if groups is None else list(np.asarray(groups)[finite])
+    value, low, high = C.cluster_mean_interval(values[finite], clusters, strata)
+    return make_result(metric, method, value, low, high, len(kept), prompts, samples, warning)
 
 
 def reference_pairs(

@@ -72,7 +72,7 @@ class ClipScore:
                 score = image_text_score(ctx, self.backbone, rec, text)
                 samples.append(Sample(method, rec, score, extra))
             if samples:
-                results.append(mean_result(self, method, samples, ctx.resamples, ctx.seed))
+                results.append(mean_result(self, method, samples))
         return results
 
 

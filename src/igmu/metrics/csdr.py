@@ -68,7 +68,7 @@ class Csdr:
                     )
                 )
             if samples:
-                results.append(mean_result(self, method, samples, ctx.resamples, ctx.seed))
+                results.append(mean_result(self, method, samples))
         return results
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from igmu.metrics import clustered as C
 from igmu.metrics import functional as F
 from igmu.metrics.base import (
     FID_SMALL_SAMPLE,
@@ -21,6 +22,7 @@ from igmu.metrics.base import (
     Sample,
     make_result,
     metric_name,
+    prompt_of,
     reference_pairs,
 )
 
@@ -57,7 +59,10 @@ class Fid:
             refs = np.stack([ctx.embedding(self.backbone, ref) for ref, _ in pairs])
             own = np.stack([ctx.embedding(self.backbone, rec) for _, rec in pairs])
             samples = [
-                Sample(method, rec, float("nan"), {"whole_set": True, "reference": ref.path})
+                Sample(method, rec, float("nan"), {
+                    "whole_set": True, "reference": ref.path, "reference_sha256": ctx.sha(ref),
+                    "features": self.backbone.fingerprint,
+                })
                 for ref, rec in pairs
             ]
             results.append(frechet_result(self, method, refs, own, samples, ctx))
@@ -69,7 +74,8 @@ def frechet_result(
 ) -> MetricResult:
     """A whole-set FID result (lower is better) with its bias-centred bootstrap interval."""
     value = F.frechet_distance(refs, own)
-    low, high = F.bootstrap_frechet_interval(refs, own, min(ctx.resamples, 200), ctx.seed)
+    clusters = [prompt_of(s.record) for s in samples]
+    low, high = C.paired_frechet_interval(refs, own, clusters, min(ctx.resamples, 200), ctx.seed)
     n = len(own)
     warning = ""
     if n < FID_SMALL_SAMPLE:
@@ -77,7 +83,10 @@ def frechet_result(
             f"FID on n={n} images per set is strongly biased upward and not comparable "
             f"across sample sizes (use >= {FID_SMALL_SAMPLE})"
         )
-    return make_result(metric, method, value, low, high, n, samples, warning, whole_set=True)
+    prompts = len(set(clusters))
+    return make_result(
+        metric, method, value, low, high, n, prompts, samples, warning, whole_set=True
+    )
 
 
 def primary_set(task: Any) -> str:

@@ -65,7 +65,10 @@ class FidWorld:
             refs = np.stack([truth[(r.prompt, r.key.seed)] for r in records])
             own = np.stack([ctx.embedding(self.backbone, r) for r in records])
             samples = [
-                Sample(method, r, float("nan"), {"whole_set": True, "reference": "renderer"})
+                Sample(method, r, float("nan"), {
+                    "whole_set": True, "reference": "renderer",
+                    "features": self.backbone.fingerprint,
+                })
                 for r in records
             ]
             results.append(frechet_result(self, method, refs, own, samples, ctx))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg, stats
+from scipy import linalg
 
 CONFIDENCE = 0.95
 
@@ -59,73 +59,10 @@ def csdr(reference_scores: np.ndarray, method_scores: np.ndarray) -> np.ndarray:
 
 
 def wilson_interval(successes: int, total: int) -> tuple[float, float]:
+    """Wilson score interval for ``successes`` out of ``total`` independent trials (scipy)."""
+    from scipy import stats
+
     if total == 0:
         return (float("nan"), float("nan"))
     ci = stats.binomtest(int(successes), int(total)).proportion_ci(CONFIDENCE, method="wilson")
     return float(ci.low), float(ci.high)
-
-
-def bootstrap_mean_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (scipy); a constant sample gives a zero-width CI."""
-    data = np.asarray(values, dtype=np.float64)
-    if len(data) == 0:
-        return (float("nan"), float("nan"))
-    if len(data) == 1 or np.ptp(data) == 0:
-        return float(data.mean()), float(data.mean())
-    result = stats.bootstrap(
-        (data,),
-        np.mean,
-        n_resamples=resamples,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    mean = float(data.mean())
-    return min(low, mean), max(high, mean)
-
-
-def mean_of_group_means(values: np.ndarray, groups: np.ndarray) -> float:
-    keys = np.unique(groups)
-    return float(np.mean([values[groups == k].mean() for k in keys]))
-
-
-def bootstrap_group_mean_interval(
-    values: np.ndarray, groups: np.ndarray, resamples: int, seed: int
-) -> tuple[float, float]:
-    """CI of the mean of per-group means, resampling within each group (stratified)."""
-    values = np.asarray(values, dtype=np.float64)
-    groups = np.asarray(groups)
-    if len(values) == 0:
-        return (float("nan"), float("nan"))
-    point = mean_of_group_means(values, groups)
-    if np.ptp(values) == 0:
-        return point, point
-    rng = np.random.default_rng(seed)
-    members = [values[groups == k] for k in np.unique(groups)]
-    draws = np.empty(resamples)
-    for r in range(resamples):
-        draws[r] = np.mean([m[rng.integers(0, len(m), len(m))].mean() for m in members])
-    low, high = np.quantile(draws, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    return min(float(low), point), max(float(high), point)
-
-
-def bootstrap_frechet_interval(
-    features_a: np.ndarray, features_b: np.ndarray, resamples: int, seed: int
-) -> tuple[float, float]:
-    """Bias-centred percentile bootstrap CI for a Fréchet distance.
-
-    Resampling with replacement inflates FID (duplicates shrink the covariance), so the raw
-    percentile interval often misses the estimate; we centre the bootstrap distribution on the
-    point estimate (subtract the bootstrap bias) before taking percentiles.
-    """
-    point = frechet_distance(features_a, features_b)
-    rng = np.random.default_rng(seed)
-    draws = np.empty(resamples)
-    for r in range(resamples):
-        ia = rng.integers(0, len(features_a), len(features_a))
-        ib = rng.integers(0, len(features_b), len(features_b))
-        draws[r] = frechet_distance(features_a[ia], features_b[ib])
-    bias = draws.mean() - point
-    low, high = np.quantile(draws - bias, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    return max(min(float(low), point), 0.0), max(float(high), point)

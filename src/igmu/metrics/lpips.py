@@ -44,13 +44,17 @@ class Lpips:
             pairs = reference_pairs(ctx.paired, self.task, self.prompt_set, method)
             if not pairs:
                 continue
+            # IGMU averages per class first; the class is each sample's stratum.
             samples = [
-                Sample(method, rec, ctx.pair_value(self.net, ref, rec), {"reference": ref.path})
+                Sample(
+                    method, rec, ctx.pair_value(self.net, ref, rec),
+                    {"reference": ref.path, "stratum": rec.key.class_name},
+                )
                 for ref, rec in pairs
             ]
             groups = [rec.key.class_name for _, rec in pairs]
             results.append(
-                mean_result(self, method, samples, ctx.resamples, ctx.seed, groups=groups)
+                mean_result(self, method, samples, groups=groups)
             )
         return results
 

@@ -1,84 +1,46 @@
-"""Everything a report shows, read from a run folder's run.json and the store it names."""
+"""Everything a report shows: a stored run (run.json and the store it names) plus what the
+report decides from it, such as whether its images must be blurred."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from igmu.constants import ORG
-from igmu.errors import ConfigError
-from igmu.results import ASPECTS, Aggregate, Sample
-from igmu.store import Store
+from igmu.store.runs import StoredRun, load_run
+
+
+def is_sensitive(spec: dict[str, Any]) -> bool:
+    """Blur unless the task is known to be safe (fail-closed): the task's own flag, recorded in
+    the run spec, else its CatIGMU node's guidance; an unknown or missing node blurs."""
+    from igmu.errors import ConfigError
+    from igmu.taxonomy import load_taxonomy
+
+    task = spec.get("task") or {}
+    flag = task.get("sensitive_content")
+    if isinstance(flag, bool):
+        return flag
+    node = task.get("node")
+    if not isinstance(node, str):
+        return True
+    try:
+        guidance = load_taxonomy().guidance(node)
+    except ConfigError:
+        return True
+    return guidance.get("sensitive_content") is not False
 
 
 @dataclass
-class ReportData:
-    run_dir: Path
-    run_id: str
-    task: str
-    spec: dict[str, Any]
-    fingerprints: dict[str, Any]
-    catigmu: dict[str, Any]
-    left_out: list[str]
-    aggregates: list[Aggregate]
-    samples: list[Sample]
-
+class ReportData(StoredRun):
     @property
-    def reference_method(self) -> str:
-        return str(self.spec.get("reference_method", ORG))
-
-    @property
-    def methods(self) -> list[str]:
-        found = {a.method for a in self.aggregates} | {s.method for s in self.samples}
-        ref = self.reference_method
-        return [ref] * (ref in found) + sorted(found - {ref})
+    def catigmu(self) -> dict[str, Any]:
+        return self.run_file.get("catigmu") or {"node": self.spec.get("task", {}).get("node")}
 
     @property
     def sensitive(self) -> bool:
-        return bool(self.catigmu.get("guidance", {}).get("sensitive_content", False))
-
-    def metrics(self) -> list[tuple[str, str, bool]]:
-        """(aspect, metric, higher_is_better) columns in aspect order."""
-        seen = {(a.aspect, a.metric, a.higher_is_better) for a in self.aggregates}
-        return sorted(seen, key=lambda c: (ASPECTS.index(c[0]), c[1]))
-
-    def aggregate(self, method: str, metric: str) -> Aggregate | None:
-        for a in self.aggregates:
-            if a.method == method and a.metric == metric:
-                return a
-        return None
+        return is_sensitive(self.spec)
 
 
 def load_report_data(run_dir: Path) -> ReportData:
-    run_file = run_dir / "run.json"
-    if not run_file.is_file():
-        raise ConfigError(f"{run_dir}: not a run folder (no run.json); run `igmu evaluate` first")
-    try:
-        run = json.loads(run_file.read_text(encoding="utf-8"))
-        run_id, store_path = run["run_id"], Path(run["store"])
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise ConfigError(f"{run_file}: unreadable run file ({exc})") from None
-    if not store_path.is_file():
-        raise ConfigError(f"{run_file}: its store {store_path} does not exist")
-    store = Store(store_path)
-    try:
-        stored = store.run(run_id)
-        if stored is None:
-            raise ConfigError(f"{store_path}: has no run {run_id} (named by {run_file})")
-        aggregates = store.aggregates(run_id)
-        samples = store.samples(run_id)
-    finally:
-        store.close()
-    return ReportData(
-        run_dir=run_dir,
-        run_id=run_id,
-        task=stored["task"],
-        spec=stored["spec"],
-        fingerprints=stored["fingerprints"],
-        catigmu=run.get("catigmu", {}),
-        left_out=stored["left_out"],
-        aggregates=aggregates,
-        samples=samples,
-    )
+    run = load_run(run_dir)
+    return ReportData(**{name: getattr(run, name) for name in StoredRun.__dataclass_fields__})

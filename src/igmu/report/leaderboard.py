@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from html import escape
 
-from igmu.report.data import Aggregate, ReportData
+from igmu.report.data import ReportData
+from igmu.results import Aggregate
 
 
 def fmt(value: float | None) -> str:
@@ -20,15 +21,44 @@ def fmt(value: float | None) -> str:
 
 
 def best_methods(data: ReportData, metric: str, higher: bool) -> set[str]:
+    """The unlearned method(s) with the best value, starred only when that is more than noise:
+    its paired difference against ORG excludes zero in the better direction, or, where ORG has
+    no value of its own (metrics measured against ORG), against the runner-up. ORG is never
+    ranked."""
+    from igmu.evaluation.compare import paired_difference
+
+    ref = data.reference_method
     values = {
         m: a.value
         for m in data.methods
-        if (a := data.aggregate(m, metric)) is not None and a.finite
+        if m != ref and (a := data.aggregate(m, metric)) is not None and a.finite
     }
-    if len(values) < 2:
+    if not values:
         return set()
     target = max(values.values()) if higher else min(values.values())
-    return {m for m, v in values.items() if v == target}
+    best = {m for m, v in values.items() if v == target}
+    reference = data.aggregate(ref, metric)
+    if reference is not None and reference.finite:
+        rivals = {m: ref for m in best}
+    else:
+        others = {m: v for m, v in values.items() if m not in best}
+        if not others:
+            return set()
+        runner = (max if higher else min)(others, key=lambda m: others[m])
+        rivals = {m: runner for m in best}
+    starred = set()
+    for method, rival in rivals.items():
+        diff = paired_difference(data, metric, method, rival)
+        if diff is not None and diff.better == method:
+            starred.add(method)
+    return starred
+
+
+def sizes(agg: Aggregate) -> str:
+    """n images, and the prompts they come from when that differs (the interval's unit)."""
+    if agg.prompts and agg.prompts != agg.n:
+        return f"n={agg.n} ({agg.prompts} prompts)"
+    return f"n={agg.n}"
 
 
 def arrow(higher: bool) -> str:
@@ -75,7 +105,8 @@ def _cell(agg: Aggregate | None, is_best: bool) -> str:
     return (
         f'<td data-value="{agg.value!r}" class="{" ".join(classes)}">'
         f'<span class="value">{fmt(agg.value)}</span>{" ★" if is_best else ""}{warn}'
-        f'<br><span class="ci">[{fmt(agg.ci_low)}, {fmt(agg.ci_high)}] n={agg.n}{whole}</span></td>'
+        f'<br><span class="ci">[{fmt(agg.ci_low)}, {fmt(agg.ci_high)}] {sizes(agg)}{whole}'
+        "</span></td>"
     )
 
 
@@ -91,7 +122,7 @@ def markdown_table(data: ReportData) -> str:
             if agg is None or not agg.finite:
                 cells.append("–")
                 continue
-            text = f"{fmt(agg.value)} [{fmt(agg.ci_low)}, {fmt(agg.ci_high)}] n={agg.n}"
+            text = f"{fmt(agg.value)} [{fmt(agg.ci_low)}, {fmt(agg.ci_high)}] {sizes(agg)}"
             if method in best[metric]:
                 text = f"**{text}**"
             if agg.warning:
@@ -104,7 +135,8 @@ def markdown_table(data: ReportData) -> str:
     footer = [
         "",
         f"Task `{data.task}`, run `{data.run_id}`. ↑ higher is better, ↓ lower is "
-        "better; **bold** = best; [95% CI]; n = images.",
+        "better; **bold** = best unlearned method, by a paired difference that excludes zero; "
+        "[95% CI]; n = images.",
     ]
     return "\n".join(lines + footer + ([""] + notes if notes else [])) + "\n"
 

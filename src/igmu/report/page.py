@@ -159,7 +159,9 @@ reference: {escape(data.reference_method)} · igmu {escape(__version__)}</p>
 <a href="#sec-grids">Image grids</a><a href="#sec-failures">Failures</a>
 <a href="#sec-provenance">Provenance</a></nav>
 <section id="sec-leaderboard"><h2>Leaderboard</h2>
-<p class="note">value ★ = best in column · [95% CI] · n = images · ↑ higher / ↓ lower is better ·
+<p class="note">value ★ = best unlearned method, where its paired difference with ORG (or with
+the runner-up, for metrics measured against ORG) excludes zero · [95% CI over prompts] ·
+n = images · ↑ higher / ↓ lower is better ·
 ⚠ = warning (hover) · click a metric to sort</p>
 {html_table(data)}{warning_list}</section>
 <section id="sec-plots"><h2>Trade-offs</h2>{plots_html(data)}</section>

@@ -14,7 +14,11 @@ import numpy as np
 from igmu.errors import ConfigError
 from igmu.results import AGGREGATE_COLUMNS, SAMPLE_COLUMNS, Aggregate, Sample
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# How a store of an older schema becomes the current one (caches stay valid).
+MIGRATIONS = {
+    1: "ALTER TABLE aggregates ADD COLUMN prompts INTEGER NOT NULL DEFAULT 0",
+}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -32,7 +36,7 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE TABLE IF NOT EXISTS aggregates (
     run_id TEXT NOT NULL, method TEXT NOT NULL, metric TEXT NOT NULL, aspect TEXT NOT NULL,
     value REAL, ci_low REAL, ci_high REAL, n INTEGER NOT NULL, higher_is_better INTEGER NOT NULL,
-    whole_set INTEGER NOT NULL, warning TEXT NOT NULL,
+    whole_set INTEGER NOT NULL, warning TEXT NOT NULL, prompts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, method, metric)
 );
 CREATE TABLE IF NOT EXISTS features (
@@ -81,7 +85,15 @@ class Store:
         if not has_meta:
             return
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is not None and row[0] != str(SCHEMA_VERSION):
+        version = int(row[0]) if row is not None and row[0].isdigit() else None
+        while version is not None and version < SCHEMA_VERSION and version in MIGRATIONS:
+            with self.db:
+                self.db.execute(MIGRATIONS[version])
+                version += 1
+                self.db.execute(
+                    "UPDATE meta SET value=? WHERE key='schema_version'", (str(version),)
+                )
+        if row is not None and version != SCHEMA_VERSION:
             raise ConfigError(
                 f"store {self.path}: schema version {row[0]}, but this igmu reads version "
                 f"{SCHEMA_VERSION}. Use another --store file (or delete this one: it holds "

@@ -1,0 +1,169 @@
+"""Paired comparison of two methods of one run, metric by metric, with the prompt as the unit.
+
+Per-image metrics: the difference of the two methods' values on the same key (prompt set,
+class, prompt, seed), averaged as the metric averages (per class first where it does), with a
+cluster-robust t interval over prompts. Whole-set metrics (FID): the difference of the two FIDs
+against the same reference rows, bootstrapping prompts jointly for all three sides, from the
+features cached in the store (``fid_world``'s reference images are re-rendered).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from igmu.metrics import clustered as C
+from igmu.metrics.base import prompt_of
+from igmu.results import Sample
+from igmu.store.runs import StoredRun
+from igmu.store.sqlite import Store
+
+FID_RESAMPLES = 200
+
+
+@dataclass(frozen=True)
+class Difference:
+    """value = metric(a) - metric(b) on the keys both have, with its 95% interval."""
+
+    metric: str
+    aspect: str
+    higher_is_better: bool
+    a: str
+    b: str
+    value: float
+    low: float
+    high: float
+    n: int  # keys (image pairs)
+    prompts: int
+    note: str = ""
+
+    @property
+    def significant(self) -> bool:
+        return math.isfinite(self.low) and (self.low > 0 or self.high < 0)
+
+    @property
+    def better(self) -> str | None:
+        """The method whose value is better by an interval that excludes no difference."""
+        if not self.significant:
+            return None
+        a_higher = self.low > 0
+        return self.a if a_higher == self.higher_is_better else self.b
+
+
+def _by_key(samples: list[Sample]) -> dict[Any, Sample]:
+    return {s.key: s for s in samples}
+
+
+def _per_image(run: StoredRun, metric: str, a: str, b: str) -> Difference | None:
+    left, right = _by_key(run.samples_of(a, metric)), _by_key(run.samples_of(b, metric))
+    keys = sorted(
+        k for k in set(left) & set(right)
+        if math.isfinite(left[k].value) and math.isfinite(right[k].value)
+    )
+    agg = run.aggregate(a, metric)
+    if agg is None or not keys:
+        return None
+    diffs = [left[k].value - right[k].value for k in keys]
+    clusters = [prompt_of(left[k].record) for k in keys]
+    strata = [left[k].extra.get("stratum") for k in keys]
+    use_strata = all(s is not None for s in strata)
+    value, low, high = C.cluster_mean_interval(diffs, clusters, strata if use_strata else None)
+    return Difference(
+        metric, agg.aspect, agg.higher_is_better, a, b, value, low, high, len(keys),
+        len(set(clusters)),
+    )
+
+
+def _features(store: Store, backbone: str, shas: list[str]) -> dict[str, np.ndarray]:
+    return store.get_features(backbone, shas)
+
+
+def _rendered_truth(sample: Sample, backbone_key: str) -> np.ndarray | None:
+    """fid_world's reference: the MiniWorld renderer's image of the prompt and seed, through
+    the shipped judge features (only if they are the ones the run used)."""
+    from igmu.metrics.fid_world import ground_truth_image
+    from igmu.miniworld.judge_detector import load_judges
+    from igmu.miniworld.judges import JudgeFeatures, default_judge_dir
+
+    features = JudgeFeatures(load_judges(str(default_judge_dir())))
+    if features.fingerprint != backbone_key:
+        return None
+    return features.image_embeddings([ground_truth_image(sample.prompt, sample.key.seed)])[0]
+
+
+def _whole_set(run: StoredRun, metric: str, a: str, b: str, store: Store) -> Difference | None:
+    left, right = _by_key(run.samples_of(a, metric)), _by_key(run.samples_of(b, metric))
+    keys = sorted(set(left) & set(right))
+    agg = run.aggregate(a, metric)
+    if agg is None or len(keys) < 2:
+        return None
+    backbone = left[keys[0]].extra.get("features")
+    nan = float("nan")
+
+    def unavailable(note: str) -> Difference:
+        return Difference(
+            metric, agg.aspect, agg.higher_is_better, a, b, nan, nan, nan, len(keys), 0, note
+        )
+
+    if not backbone:
+        return unavailable("the run did not record which features this FID used")
+    shas = [left[k].sha256 for k in keys] + [right[k].sha256 for k in keys]
+    reference_shas = [left[k].extra.get("reference_sha256") for k in keys]
+    cached = _features(store, backbone, shas + [s for s in reference_shas if s])
+    if any(s not in cached for s in shas):
+        return unavailable("features of some images are no longer in the store")
+    if all(reference_shas) and all(s in cached for s in reference_shas):
+        reference = np.stack([cached[s] for s in reference_shas])
+    elif left[keys[0]].extra.get("reference") == "renderer":
+        rendered = [_rendered_truth(left[k], backbone) for k in keys]
+        if any(r is None for r in rendered):
+            return unavailable("the run's features are not the shipped MiniWorld judges'")
+        reference = np.stack(rendered)
+    else:
+        return unavailable("the reference images' features are not in the store")
+    first = np.stack([cached[left[k].sha256] for k in keys])
+    second = np.stack([cached[right[k].sha256] for k in keys])
+    clusters = [prompt_of(left[k].record) for k in keys]
+    seed = int(run.spec.get("bootstrap", {}).get("seed", 0))
+    value, low, high = C.paired_frechet_difference_interval(
+        reference, first, second, clusters, FID_RESAMPLES, seed
+    )
+    return Difference(
+        metric, agg.aspect, agg.higher_is_better, a, b, value, low, high, len(keys),
+        len(set(clusters)),
+    )
+
+
+def paired_difference(
+    run: StoredRun, metric: str, a: str, b: str, store: Store | None = None
+) -> Difference | None:
+    """metric(a) - metric(b) paired by key, or None when the two share no scored key."""
+    agg = run.aggregate(a, metric)
+    if agg is None or run.aggregate(b, metric) is None:
+        return None
+    if agg.whole_set:
+        if store is None:
+            with_store = Store(run.store_path)
+            try:
+                return _whole_set(run, metric, a, b, with_store)
+            finally:
+                with_store.close()
+        return _whole_set(run, metric, a, b, store)
+    return _per_image(run, metric, a, b)
+
+
+def compare_methods(run: StoredRun, a: str, b: str) -> list[Difference]:
+    """Every metric both methods have, in the run's aspect order."""
+    store = Store(run.store_path)
+    try:
+        found = []
+        for _, metric, _ in run.metrics():
+            diff = paired_difference(run, metric, a, b, store)
+            if diff is not None:
+                found.append(diff)
+        return found
+    finally:
+        store.close()
