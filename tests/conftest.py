@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny random models (built once per session) and the shared demo data."""
+"""Shared fixtures: tiny random models (built once per session), an IGMU-layout image set made
+from the MiniWorld (what core tests use), and IGMU's own demo data (extras, when ../shared
+exists)."""
 
 from __future__ import annotations
 
@@ -62,6 +64,48 @@ def copy_scrambled(source: Path, target: Path, seed: int = 0) -> Path:
     return target
 
 
+# The official demo's file names (task church: class 0 of forgot.json, class 2 "Airplane" of
+# retain.json), filled with MiniWorld renderer images of known content: ESD draws the cross's
+# prompt without the cross, UCE draws another subject; on the unrelated prompts UCE is ORG
+# pixel for pixel and ESD another seed.
+LAYOUT_METHODS = ("ORG", "ESD", "UCE")
+LAYOUT_SEEDS = 5
+
+
+def render_church_layout(root: Path, size: int = 64) -> Path:
+    from PIL import Image
+
+    from igmu.miniworld.oracle import oracle_image
+
+    def save(path: Path, pixels) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+
+    forget, unrelated = "a red cross on a white background", "a green square on a black background"
+    for k in range(LAYOUT_SEEDS):
+        save(root / "forgot" / "ORG" / f"0_0_{k}.png", oracle_image(forget, k, size))
+        save(root / "forgot" / "ESD" / f"0_0_{k}.png",
+             oracle_image(forget, k, size, without="shape=cross"))
+        save(root / "forgot" / "UCE" / f"0_0_{k}.png",
+             oracle_image("a blue circle on a grey background", k, size))
+        for method, seed in (("ORG", k), ("UCE", k), ("ESD", k + 10)):
+            save(root / "unrelated" / method / "Airplane" / f"2_0_{k}.png",
+                 oracle_image(unrelated, seed, size))
+    return root
+
+
+@pytest.fixture(scope="session")
+def church_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render_church_layout(tmp_path_factory.mktemp("layout") / "Church")
+
+
 @pytest.fixture
-def church_demo(shared_igmu: Path, tmp_path: Path) -> Path:
+def church_demo(church_layout: Path, tmp_path: Path) -> Path:
+    """A private copy of the MiniWorld-made church layout, written in scrambled order."""
+    return copy_scrambled(church_layout, tmp_path / "Church")
+
+
+@pytest.fixture
+def shared_church_demo(shared_igmu: Path, tmp_path: Path) -> Path:
+    """IGMU's own demo images (real SD-1.4 outputs): extra tests only."""
     return copy_scrambled(shared_igmu / "benchmark_demo" / "Church", tmp_path / "Church")

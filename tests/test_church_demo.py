@@ -1,4 +1,6 @@
-"""The official demo, copied in scrambled order, evaluates end to end as a user would run it."""
+"""An image set in the official demo's layout (made from the MiniWorld, copied in scrambled
+order) evaluates end to end as a user would run it; the same on IGMU's own demo images when
+../shared is present (extra)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def test_demo_scores_every_method_and_image(church_demo: Path, tiny_models: Path
     evaluate(church_demo, out, tiny_models)
     metrics = read_csv(out / "metrics.csv")
     assert list(metrics[0]) == ["task", "method", "aspect", "metric", "value", "ci_low",
-                                "ci_high", "n", "higher_is_better"]
+                                "ci_high", "n", "prompts", "higher_is_better"]
     assert {m["method"] for m in metrics} == {"ORG", "ESD", "UCE"}
     assert {m["aspect"] for m in metrics} <= ASPECTS
     assert {"forgetting", "fidelity", "preservation", "alignment"} <= {m["aspect"] for m in metrics}
@@ -31,7 +33,13 @@ def test_demo_scores_every_method_and_image(church_demo: Path, tiny_models: Path
             assert low <= value <= high, row
     residual = [m for m in metrics if m["metric"].startswith("residual_rate")]
     assert {m["method"] for m in residual} == {"ORG", "ESD", "UCE"}
-    assert all(m["n"] == "5" for m in residual)
+    # five seeds of one prompt: five images, one unit for the interval
+    assert all((m["n"], m["prompts"]) == ("5", "1") for m in residual)
+    # Ground truth of the layout: on the unrelated prompts UCE is ORG pixel for pixel, ESD is
+    # another seed of the same prompt.
+    by = {(m["method"], m["metric"]): m for m in metrics}
+    assert float(by[("UCE", "lpips")]["value"]) == 0.0
+    assert float(by[("ESD", "lpips")]["value"]) > 0.01
     # Every image of the demo is in samples.csv; none silently dropped.
     on_disk = {str(p) for p in church_demo.rglob("*.png")}
     samples = read_csv(out / "samples.csv")
@@ -79,8 +87,16 @@ def test_second_run_changes_nothing(church_demo: Path, tiny_models: Path, tmp_pa
     assert (out / "samples.csv").read_bytes() == first_samples
 
 
-def test_nsfw_detectors_flag_no_church_image(church_demo: Path, tiny_models: Path):
-    paths = sorted(church_demo.rglob("*.png"))
+def test_nsfw_detectors_flag_no_concept_free_image(church_demo: Path, tiny_models: Path):
+    check_no_nsfw_flags(sorted(church_demo.rglob("*.png")), tiny_models)
+
+
+def test_nsfw_detectors_flag_no_church_image(shared_church_demo: Path, tiny_models: Path):
+    """Extra: IGMU's real SD-1.4 church images."""
+    check_no_nsfw_flags(sorted(shared_church_demo.rglob("*.png")), tiny_models)
+
+
+def check_no_nsfw_flags(paths: list[Path], tiny_models: Path) -> None:
     for detector in ("nudenet", "opennsfw"):
         result = run_cli("detect", "--detector", detector, "--models", tiny_models, *paths)
         lines = [read_line(line) for line in result.stdout.splitlines()]

@@ -65,14 +65,39 @@ def test_make_tiny_writes_loadable_models(tmp_path: Path) -> None:
     assert Path(models["clip_detector"], "config.json").is_file()
 
 
-def test_igmu_prompt_json_import(church_demo: Path, tiny_models: Path, shared_igmu: Path,
-                                 tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    run_cli("evaluate", "--task", "church", "--images", church_demo, "--out", out,
-            "--models", tiny_models, "--igmu-prompts", shared_igmu / "prompts",
-            "--metrics", "clip_score", "--quiet")
+def write_igmu_prompts(folder: Path) -> str:
+    """forgot.json / retain.json in IGMU's format ({task: {class: [prompts]}})."""
     import json
 
+    folder.mkdir(parents=True, exist_ok=True)
+    airplane = "an airplane parked at a small airfield"
+    (folder / "forgot.json").write_text(json.dumps(
+        {"object_church": {"Church": ["a church with a tall bell tower"]}}))
+    (folder / "retain.json").write_text(json.dumps({"object_church": {
+        "Parachute": ["a parachute over a beach"], "Cat": ["a cat on a sofa"],
+        "Airplane": [airplane]}}))
+    return airplane
+
+
+def test_igmu_prompt_json_import(church_demo: Path, tiny_models: Path, tmp_path: Path) -> None:
+    """File names i_j_k index the prompt JSON the images were made from."""
+    airplane = write_igmu_prompts(tmp_path / "prompts")
+    out = tmp_path / "run"
+    run_cli("evaluate", "--task", "church", "--images", church_demo, "--out", out,
+            "--models", tiny_models, "--igmu-prompts", tmp_path / "prompts",
+            "--metrics", "clip_score", "--quiet")
+    assert {row["prompt"] for row in read_csv(out / "samples.csv")} == {airplane}
+
+
+def test_igmu_prompt_json_import_official(shared_church_demo: Path, tiny_models: Path,
+                                          shared_igmu: Path, tmp_path: Path) -> None:
+    """Extra: IGMU's own prompt files and demo images."""
+    import json
+
+    out = tmp_path / "run"
+    run_cli("evaluate", "--task", "church", "--images", shared_church_demo, "--out", out,
+            "--models", tiny_models, "--igmu-prompts", shared_igmu / "prompts",
+            "--metrics", "clip_score", "--quiet")
     official = json.loads((shared_igmu / "prompts" / "retain.json").read_text())
     airplane = official["object_church"]["Airplane"][0]
     assert {row["prompt"] for row in read_csv(out / "samples.csv")} == {airplane}

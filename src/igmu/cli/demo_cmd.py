@@ -28,16 +28,21 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="images per prompt of the other prompt sets (default %(default)s)")
     parser.add_argument("--steps", type=int, default=defaults.steps,
                         help="DDIM steps per image (default %(default)s)")
-    parser.add_argument("--quiet", action="store_true")
+    from igmu.cli.options import add_threads
+
+    add_threads(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from igmu.cli.evaluate_cmd import print_table
+    from igmu.cli.options import apply_threads
     from igmu.errors import ConfigError
     from igmu.registry import did_you_mean
     from igmu.workflows.demo import MINI_TASKS, DemoOptions, run_demo
 
+    apply_threads(args)
     tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else MINI_TASKS
     for task in tasks:
         if task not in MINI_TASKS:

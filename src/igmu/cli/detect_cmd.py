@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from igmu.backbones.config import load_models_config
+from igmu.cli.options import add_threads, apply_threads
 from igmu.dataset.images import decode_image, is_image_file
 from igmu.detectors.base import DETECTORS, build_detector, load_all
 from igmu.errors import ConfigError
@@ -27,6 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", type=Path, help="models file (YAML)")
     parser.add_argument("--threshold", type=float, help="override the detector's threshold")
     parser.add_argument("--batch-size", type=int, default=16)
+    add_threads(parser)
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders")
     parser.set_defaults(handler=run)
 
@@ -44,6 +46,7 @@ def expand(paths: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     load_all()
     DETECTORS.get(args.detector.partition(":")[0])
     overrides = {"threshold": args.threshold} if args.threshold is not None else {}

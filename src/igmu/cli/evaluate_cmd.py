@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from igmu.backbones.config import load_models_config
+from igmu.cli.options import add_threads, apply_threads
 from igmu.constants import ORG
 from igmu.evaluation.engine import EvaluationOptions, evaluate
 from igmu.tasks import load_task
@@ -27,9 +28,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         required=True,
         type=Path,
         help="IGMU layout folder (<concept>/ with forgot/, remove_word/, "
-        "unrelated/) or a JSONL manifest with --layout manifest",
+        "unrelated/) or a JSONL manifest (e.g. written by `igmu generate`)",
     )
-    parser.add_argument("--layout", choices=["igmu", "manifest"], default="igmu")
+    parser.add_argument(
+        "--layout",
+        choices=["auto", "igmu", "manifest"],
+        default="auto",
+        help="how to read --images (default auto: a file is a manifest, a folder an IGMU layout)",
+    )
+    parser.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="score manifest paths outside the manifest's folder (and links out of an IGMU "
+        "layout); refused by default because reports embed every scored image",
+    )
     parser.add_argument("--out", required=True, type=Path, help="run folder to write")
     parser.add_argument(
         "--models",
@@ -60,7 +72,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--allow-missing",
         action="store_true",
-        help="score the intersection of keys and record what was left out",
+        help="score the intersection of keys, skip images that cannot be read or decoded, "
+        "and record everything left out (run.json, the table)",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -69,6 +82,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         default="cpu",
         help="torch device for CLIP, LPIPS and Inception: cpu (default), cuda, cuda:N",
     )
+    add_threads(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -78,12 +92,14 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     task = load_task(args.task)
     if args.igmu_prompts:
         task = with_igmu_prompts(task, args.igmu_prompts)
     models = load_models_config(args.models, task)
     options = EvaluationOptions(
         layout=args.layout,
+        allow_outside_paths=args.allow_outside_paths,
         reference_method=args.reference_method,
         allow_missing=args.allow_missing,
         metrics=_split(args.metrics),

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from igmu.cli.options import add_threads, apply_threads, positive_int
 from igmu.errors import IGMUError
 
 DESCRIPTION = (
@@ -23,16 +24,6 @@ EPILOG = (
     "--models models.yaml --max-prompts-per-class 5 && igmu evaluate --task church "
     "--images gen/church/manifest.jsonl --layout manifest --out runs/church --models models.yaml"
 )
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,14 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--images-per-prompt",
-        type=_positive,
+        type=positive_int,
         default=1,
         metavar="N",
         help="images per prompt, seeds 0..N-1 (default 1)",
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         default=4,
         metavar="B",
         help="images per generation step (default 4); does not change any image unless "
@@ -86,18 +77,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-prompts-per-class",
-        type=_positive,
+        type=positive_int,
         metavar="K",
         help="only the first K prompts of each class (small, quick runs)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--steps", type=_positive, help="override generator.steps")
+    parser.add_argument("--steps", type=positive_int, help="override generator.steps")
     parser.add_argument("--guidance", type=float, help="override generator.guidance")
-    parser.add_argument("--height", type=_positive, help="override generator.height")
-    parser.add_argument("--width", type=_positive, help="override generator.width")
-    parser.add_argument(
-        "--threads", type=_positive, metavar="N", help="torch CPU threads (default: torch's)"
-    )
+    parser.add_argument("--height", type=positive_int, help="override generator.height")
+    parser.add_argument("--width", type=positive_int, help="override generator.width")
+    add_threads(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -124,10 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     models = load_models_config(args.models, task)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     options = GenerateOptions(
         methods=_split(args.method) or [],
         images_per_prompt=args.images_per_prompt,

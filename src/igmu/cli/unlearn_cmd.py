@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from igmu.cli.options import add_threads, apply_threads
 from igmu.errors import ConfigError, IGMUError
 
 METHOD_HELP = (
@@ -100,6 +101,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out if it exists and is not empty"
     )
+    add_threads(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -139,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     from igmu.methods import get_method
     from igmu.tasks import load_task
 
+    apply_threads(args)
     method = get_method(args.method)
     task = load_task(args.task)
     settings = settings_from_args(args)

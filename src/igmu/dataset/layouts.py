@@ -6,11 +6,12 @@ import json
 import re
 from pathlib import Path
 
+from igmu.constants import ATTACK_SET_PREFIX, PROMPT_SET_KINDS, is_attack_set
 from igmu.dataset.images import is_image_file
 from igmu.dataset.records import ImageKey, ImageRecord
 from igmu.errors import ConfigError, PairingError
 from igmu.registry import did_you_mean
-from igmu.tasks.model import PROMPT_SET_KINDS, Task
+from igmu.tasks.model import Task
 
 # Official folder name -> our prompt-set name; the last three are IGMU extensions.
 IGMU_FOLDERS = {
@@ -85,15 +86,34 @@ def _read_method_folder(
     return records
 
 
-def read_igmu_layout(root: Path, task: Task) -> list[ImageRecord]:
-    """Read ``<root>/forgot/<M>/i_j_k.png``, ``remove_word/<M>/...``, ``unrelated/<M>/<C>/...``."""
+def layout_hint(root: Path) -> str:
+    """What the user probably meant when ``root`` is not an IGMU concept folder."""
+    if root.is_file() and root.suffix == ".jsonl":
+        return " It is a JSONL file: pass --layout manifest (or leave --layout at auto)."
+    if root.is_dir():
+        below = sorted(p.parent for p in root.glob("*/forgot") if p.is_dir())
+        if below:
+            names = ", ".join(str(p) for p in below[:3])
+            return f" Concept folders below it: {names}; give one of them as --images."
+        if (root / "manifest.jsonl").is_file():
+            return f" It holds a manifest: --images {root / 'manifest.jsonl'}."
+    return ""
+
+
+def read_igmu_layout(
+    root: Path, task: Task, allow_outside_paths: bool = False
+) -> list[ImageRecord]:
+    """Read ``<root>/forgot/<M>/i_j_k.png``, ``remove_word/<M>/...``, ``unrelated/<M>/<C>/...``;
+    paths are stored absolute; a file that is a link to outside ``root`` is refused unless
+    ``allow_outside_paths``."""
     if not root.is_dir():
-        raise ConfigError(f"--images {root}: not a directory")
+        raise ConfigError(f"--images {root}: not a directory.{layout_hint(root)}")
     if not (root / "forgot").is_dir():
         raise ConfigError(
             f"--images {root}: expected the IGMU layout <concept>/forgot/<METHOD>/<i>_<j>_<k>.png; "
-            f"{root / 'forgot'} does not exist"
+            f"{root / 'forgot'} does not exist.{layout_hint(root)}"
         )
+    root = root.absolute()
     records: list[ImageRecord] = []
     for folder_name, set_name in IGMU_FOLDERS.items():
         set_root = root / folder_name
@@ -120,6 +140,13 @@ def read_igmu_layout(root: Path, task: Task) -> list[ImageRecord]:
                 records += _read_method_folder(task, set_name, method, method_dir, None)
     if not records:
         raise ConfigError(f"--images {root}: no images found")
+    if not allow_outside_paths:
+        for rec in records:
+            if not inside(Path(rec.path), root):
+                raise ConfigError(
+                    f"{rec.path}: a link to {Path(rec.path).resolve()}, outside --images {root}; "
+                    "pass --allow-outside-paths to score images elsewhere"
+                )
     return records
 
 
@@ -132,10 +159,65 @@ def _manifest_value(row: dict, name: str, kind: type, where: str) -> object:
     return value
 
 
-def read_manifest(path: Path, task: Task) -> list[ImageRecord]:
-    """Read a JSONL manifest; ``path`` fields are relative to the manifest's folder."""
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (symbolic links followed) lies in ``folder``."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _manifest_key(row: dict, task: Task, where: str) -> ImageKey:
+    """The row's key, checked against the task: prompt set, class, prompt index, seed."""
+    kinds = {"prompt_index": int, "seed": int}
+    values = {f: _manifest_value(row, f, kinds.get(f, str), where) for f in MANIFEST_FIELDS}
+    set_name = str(values["prompt_set"])
+    attack = is_attack_set(set_name)
+    if not attack and set_name not in PROMPT_SET_KINDS:
+        raise ConfigError(
+            f"{where}: field 'prompt_set' is {set_name!r}."
+            f"{did_you_mean(set_name, list(PROMPT_SET_KINDS))} (attack images use "
+            f"'{ATTACK_SET_PREFIX}<attack>')"
+        )
+    # Attack images are adversarial prompts found for the task's forget prompts.
+    source = "forget" if attack else set_name
+    if source not in task.prompt_sets:
+        raise ConfigError(
+            f"{where}: field 'prompt_set' is {set_name!r}, which task {task.name!r} does not "
+            f"define (it has: {', '.join(task.prompt_sets)})"
+        )
+    prompt_set = task.prompt_sets[source]
+    class_name = str(values["class_name"])
+    class_index = prompt_set.class_index(class_name)
+    if class_index is None:
+        raise ConfigError(
+            f"{where}: field 'class_name' is {class_name!r}, not a class of prompt set "
+            f"{source!r} of task {task.name!r}.{did_you_mean(class_name, prompt_set.class_names())}"
+        )
+    class_name = prompt_set.classes[class_index][0]
+    index, seed = int(values["prompt_index"]), int(values["seed"])  # type: ignore[arg-type]
+    count = len(prompt_set.classes[class_index][1])
+    if not 0 <= index < count:
+        raise ConfigError(
+            f"{where}: field 'prompt_index' is {index}, out of range: class {class_name!r} of "
+            f"prompt set {source!r} has {count} prompts (0..{count - 1})"
+        )
+    if seed < 0:
+        raise ConfigError(f"{where}: field 'seed' must be >= 0, got {seed}")
+    expected = prompt_set.text(class_index, index)
+    if not attack and values["prompt"] != expected:
+        raise ConfigError(
+            f"{where}: field 'prompt' is {values['prompt']!r}, but task {task.name!r} "
+            f"(version {task.version}) has {expected!r} at {source}/{class_name}/{index}: were "
+            "the images made from another version of the task, or another task?"
+        )
+    return ImageKey(set_name, class_name, index, seed)
+
+
+def read_manifest(path: Path, task: Task, allow_outside_paths: bool = False) -> list[ImageRecord]:
+    """Read a JSONL manifest, every row checked against the task (so the images of one key share
+    one prompt); ``path`` fields are relative to the manifest's folder, and a path outside that
+    folder is refused unless ``allow_outside_paths`` (a report embeds every image it scores)."""
     if not path.is_file():
         raise ConfigError(f"--images {path}: manifest file does not exist")
+    folder = path.parent.resolve()
     records = []
     with open(path, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
@@ -148,29 +230,18 @@ def read_manifest(path: Path, task: Task) -> list[ImageRecord]:
                 raise ConfigError(f"{where}: not valid JSON: {exc}") from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{where}: each line must be a JSON object")
-            kinds = {"prompt_index": int, "seed": int}
-            values = {f: _manifest_value(row, f, kinds.get(f, str), where) for f in MANIFEST_FIELDS}
-            if values["prompt_set"] not in PROMPT_SET_KINDS:
-                raise ConfigError(
-                    f"{where}: field 'prompt_set' is {values['prompt_set']!r}."
-                    f"{did_you_mean(str(values['prompt_set']), list(PROMPT_SET_KINDS))}"
-                )
-            if values["prompt_set"] not in task.prompt_sets:
-                raise ConfigError(
-                    f"{where}: field 'prompt_set' is {values['prompt_set']!r}, which task "
-                    f"{task.name!r} does not define (it has: {', '.join(task.prompt_sets)})"
-                )
-            image_path = Path(str(values["path"]))
+            key = _manifest_key(row, task, where)
+            method = _manifest_value(row, "method", str, where)
+            image_path = Path(str(_manifest_value(row, "path", str, where))).expanduser()
             if not image_path.is_absolute():
-                image_path = path.parent / image_path
-            key = ImageKey(
-                str(values["prompt_set"]),
-                str(values["class_name"]),
-                int(values["prompt_index"]),  # type: ignore[arg-type]
-                int(values["seed"]),  # type: ignore[arg-type]
-            )
+                image_path = folder / image_path
+            if not allow_outside_paths and not inside(image_path, folder):
+                raise ConfigError(
+                    f"{where}: field 'path' is {row['path']!r}, outside the manifest's folder "
+                    f"{folder}; pass --allow-outside-paths to score images elsewhere"
+                )
             records.append(
-                ImageRecord(str(values["method"]), key, str(values["prompt"]), str(image_path))
+                ImageRecord(str(method), key, str(row["prompt"]), str(image_path.resolve()))
             )
     if not records:
         raise ConfigError(f"--images {path}: manifest has no rows")

@@ -6,7 +6,6 @@ import hashlib
 import json
 import platform
 import sys
-import warnings
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -44,9 +43,13 @@ PACKAGES = (
 )
 
 
+LAYOUTS = ("auto", "igmu", "manifest")
+
+
 @dataclass
 class EvaluationOptions:
-    layout: str = "igmu"
+    layout: str = "auto"
+    allow_outside_paths: bool = False
     reference_method: str = ORG
     allow_missing: bool = False
     metrics: list[str] | None = None
@@ -100,12 +103,24 @@ def check_device(device: str) -> None:
         raise ConfigError(f"--device must be cpu, cuda, cuda:N or mps, got {device!r}")
 
 
-def read_records(task: Task, images: Path, layout: str) -> list[ImageRecord]:
-    if layout == "igmu":
-        return read_igmu_layout(images, task)
+def read_records(
+    task: Task, images: Path, layout: str, allow_outside_paths: bool = False
+) -> list[ImageRecord]:
+    """Records of ``images``: an IGMU layout folder or a JSONL manifest (``auto``: a file is a
+    manifest, a folder an IGMU layout)."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "auto":
+        layout = "manifest" if images.is_file() else "igmu"
     if layout == "manifest":
-        return read_manifest(images, task)
-    raise ConfigError(f"--layout must be 'igmu' or 'manifest', got {layout!r}")
+        if images.is_dir():
+            hint = (f" Did you mean --images {images / 'manifest.jsonl'}?"
+                    if (images / "manifest.jsonl").is_file() else "")
+            raise ConfigError(
+                f"--images {images}: a folder, but --layout manifest reads a JSONL file.{hint}"
+            )
+        return read_manifest(images, task, allow_outside_paths)
+    return read_igmu_layout(images, task, allow_outside_paths)
 
 
 def package_versions() -> dict[str, str]:
@@ -129,7 +144,7 @@ def select_metrics(task: Task, requested: list[str] | None) -> list[str]:
 def evaluate(
     task: Task, images: Path, run_dir: Path, models: ModelsConfig, options: EvaluationOptions
 ) -> EvaluationResult:
-    records = read_records(task, images, options.layout)
+    records = read_records(task, images, options.layout, options.allow_outside_paths)
     paired = pair_images(records, task, options.reference_method, options.allow_missing)
     check_device(options.device)
     providers = Providers(models, task, options.detectors, options.device)
@@ -140,16 +155,17 @@ def evaluate(
     store_path = options.store_path or run_dir.parent / "igmu.sqlite"
     store = Store(store_path)
     try:
-        executor = Executor(store, options.batch_size, options.progress)
+        executor = Executor(
+            store, options.batch_size, options.progress, skip_unreadable=options.allow_missing
+        )
         needs = [need for metric in metrics for need in metric.needs(paired)]
+        executor.run(needs, paired.all_records())
+        paired.drop(executor.unreadable)
         all_records = paired.all_records()
-        executor.run(needs, all_records)
         ctx = _Context(task, paired, executor, resamples, options.bootstrap_seed)
         results: list[MetricResult] = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=RuntimeWarning)
-            for metric in metrics:
-                results.extend(metric.compute(ctx))
+        for metric in metrics:
+            results.extend(metric.compute(ctx))
         fingerprints = {
             "evaluators": providers.describe(),
             "packages": package_versions(),
@@ -162,6 +178,7 @@ def evaluate(
                 "version": task.version,
                 "node": task.node,
                 "source_sha256": _task_hash(task),
+                "sensitive_content": task.is_sensitive,
             },
             "layout": options.layout,
             "reference_method": options.reference_method,

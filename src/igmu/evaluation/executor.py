@@ -31,10 +31,21 @@ def provider_key(provider: Any) -> str:
 
 
 class Executor:
-    def __init__(self, store: Store, batch_size: int = 16, progress: bool = True) -> None:
+    """``skip_unreadable``: an image that cannot be read or decoded is recorded in
+    ``unreadable`` (path -> reason) and left out, instead of stopping the run."""
+
+    def __init__(
+        self,
+        store: Store,
+        batch_size: int = 16,
+        progress: bool = True,
+        skip_unreadable: bool = False,
+    ) -> None:
         self.store = store
         self.batch_size = batch_size
         self.progress = progress
+        self.skip_unreadable = skip_unreadable
+        self.unreadable: dict[str, str] = {}
         self.sha: dict[str, str] = {}  # path -> sha256 of the file bytes
         self.embeddings: dict[tuple[str, str], np.ndarray] = {}
         self.raw: dict[tuple[str, str], dict] = {}
@@ -118,14 +129,30 @@ class Executor:
         self.sha[path] = hashlib.sha256(data).hexdigest()
         return data
 
-    def _run_batch(self, paths: list[str], per_image, pair_needs) -> None:
-        data = {p: self._read_sha(p) for p in paths}
-        pixels: dict[str, np.ndarray] = {}
+    def _unreadable(self, path: str, exc: ImageError) -> None:
+        if not self.skip_unreadable:
+            raise exc
+        self.unreadable[path] = str(exc)
 
-        def decoded(path: str) -> np.ndarray:
+    def _run_batch(self, paths: list[str], per_image, pair_needs) -> None:
+        data: dict[str, bytes] = {}
+        for path in paths:
+            try:
+                data[path] = self._read_sha(path)
+            except ImageError as exc:
+                self._unreadable(path, exc)
+        paths = [p for p in paths if p in data]
+        pixels: dict[str, np.ndarray | None] = {}
+
+        def decoded(path: str) -> np.ndarray | None:
+            """The pixels, or None for an image recorded as unreadable."""
             if path not in pixels:
-                pixels[path] = decode_bytes(data[path], path).pixels
-                self.decoded_images += 1
+                try:
+                    pixels[path] = decode_bytes(data[path], path).pixels
+                    self.decoded_images += 1
+                except ImageError as exc:
+                    self._unreadable(path, exc)
+                    pixels[path] = None
             return pixels[path]
 
         # An image whose outputs are all cached decoded fine before (same bytes); one that no
@@ -147,6 +174,7 @@ class Executor:
             else:
                 cached = self.store.get_features(key, shas)
             missing = [p for s, p in shas.items() if s not in cached]
+            missing = [p for p in missing if decoded(p) is not None]
             if missing:
                 images = [decoded(p) for p in missing]
                 if is_detector(provider):
@@ -169,9 +197,17 @@ class Executor:
             for need in pair_needs.get(path, []):
                 todo.setdefault(need.provider.fingerprint, (need.provider, []))[1].append(need)
         for fp, (provider, needs) in todo.items():
+            needs = [
+                n for n in needs if n.reference.path in self.sha and n.record.path in self.sha
+            ]
             keys = {(self.sha[n.reference.path], self.sha[n.record.path]): n for n in needs}
             cached = self.store.get_pair_scores(fp, keys)
-            missing = [n for k, n in keys.items() if k not in cached]
+            missing = [
+                n for k, n in keys.items()
+                if k not in cached
+                and decoded(n.reference.path) is not None
+                and decoded(n.record.path) is not None
+            ]
             if missing:
                 firsts, seconds = [], []
                 for need in missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from igmu.constants import is_attack_set
 from igmu.dataset.records import ImageKey, ImageRecord
 from igmu.errors import PairingError
 from igmu.tasks.model import Task
@@ -26,6 +27,15 @@ class PairedSet:
 
     def has(self, method: str, prompt_set: str) -> bool:
         return bool(self.images.get(method, {}).get(prompt_set))
+
+    def drop(self, paths: dict[str, str]) -> None:
+        """Leave out the images at ``paths`` (path -> reason), recording each in ``left_out``;
+        metrics then score what remains (pairs lose the dropped side)."""
+        for method in self.methods:
+            for by_key in self.images[method].values():
+                for key in [k for k, rec in by_key.items() if rec.path in paths]:
+                    rec = by_key.pop(key)
+                    self.left_out.append(f"{method}:{key} unreadable, skipped: {paths[rec.path]}")
 
     def all_records(self) -> list[ImageRecord]:
         return [
@@ -96,7 +106,8 @@ def pair_images(
 
     for method in methods[1:]:
         for set_name in sorted(set(reference) | set(images[method])):
-            if set_name == "stripped":
+            # Attack images are each method's own adversarial prompts: nothing to pair.
+            if set_name == "stripped" or is_attack_set(set_name):
                 continue
             ref_keys = set(reference.get(set_name, {}))
             own_keys = set(images[method].get(set_name, {}))

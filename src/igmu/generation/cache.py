@@ -23,14 +23,24 @@ IMAGES_DIR = "images"
 TMP_SUFFIX = ".tmp"
 
 
-def cache_key(fingerprint: str, prompt: str, seed: int, settings: GenerationSettings) -> str:
-    payload = {
+def cache_key(
+    fingerprint: str,
+    prompt: str,
+    seed: int,
+    settings: GenerationSettings,
+    batch: list[tuple[str, int]] | None = None,
+) -> str:
+    """sha256 naming an image. ``batch``: the (prompt, seed) of every image generated in the same
+    pipeline call, for generators whose pixels depend on it (batched pipeline calls)."""
+    payload: dict = {
         "format": KEY_FORMAT,
         "generator": fingerprint,
         "prompt": prompt,
         "seed": int(seed),
         "settings": settings.as_dict(),
     }
+    if batch is not None:
+        payload["batch"] = [[p, int(s)] for p, s in batch]
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

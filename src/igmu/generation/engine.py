@@ -117,10 +117,15 @@ def _run_method(
 ) -> tuple[list[dict[str, Any]], int]:
     settings: GenerationSettings = spec.settings
     fingerprint = generator.fingerprint
-    keys = [cache_key(fingerprint, job.prompt, job.seed, settings) for job in jobs]
     # Batches are fixed over the whole job list, so a rerun groups images as the first run did;
-    # a generator that is not batch-invariant gets an interrupted batch again in full.
+    # a generator that is not batch-invariant gets an interrupted batch again in full, and its
+    # images' keys name every member of their batch (the pixels depend on them).
     invariant = bool(getattr(generator, "batch_invariant", False))
+    keys = []
+    for start in range(0, len(jobs), batch_size):
+        members = jobs[start : start + batch_size]
+        batch = None if invariant else [(job.prompt, job.seed) for job in members]
+        keys += [cache_key(fingerprint, job.prompt, job.seed, settings, batch) for job in members]
     shas: dict[int, str] = {}
     generated = 0
     bar = tqdm(total=len(jobs), desc=f"generate {spec.name}", unit="img", disable=not progress)

@@ -1,0 +1,30 @@
+"""Options several commands share."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads for every library (default: the cores free when the command starts)",
+    )
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    from igmu.threads import set_threads
+
+    return set_threads(getattr(args, "threads", None))
