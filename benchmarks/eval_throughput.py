@@ -47,81 +47,18 @@ IMAGE_SIDE = 512
 # --------------------------------------------------------------------------------------------
 
 
-def make_real_size_clip(folder: Path, seed: int) -> int:
-    """CLIP ViT-B/32 (transformers' CLIPConfig() defaults), random weights; returns #params."""
-    import torch
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTokenizer,
-    )
-
-    from igmu.backbones.tiny import CLIP_MEAN, CLIP_STD, write_char_tokenizer_files
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab_size = write_char_tokenizer_files(folder)
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": vocab_size,
-            "bos_token_id": vocab_size - 2,
-            "eos_token_id": vocab_size - 1,
-            "pad_token_id": vocab_size - 1,
-        },
-    )
-    vision = config.vision_config
-    assert (vision.image_size, vision.patch_size, vision.hidden_size) == (224, 32, 768)
-    assert config.projection_dim == 512 and config.text_config.hidden_size == 512
-    torch.manual_seed(seed)
-    model = CLIPModel(config).eval()
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 224},
-        crop_size={"height": 224, "width": 224},
-        resample=3,
-        do_center_crop=True,
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-    )
-    model.save_pretrained(str(folder), safe_serialization=True)
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(folder))
-    return sum(p.numel() for p in model.parameters())
-
-
-def make_random_inception(path: Path, seed: int) -> int:
-    """A random state dict for torch-fidelity's FID Inception-v3 (saved as safetensors).
-
-    The class always loads weights in __init__; a subclass that ignores an empty state dict keeps
-    the random initialisation, which we then save.
-    """
-    import torch
-    from safetensors.torch import save_file
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    class _RandomInception(FeatureExtractorInceptionV3):
-        def load_state_dict(self, state_dict, strict=True, assign=False):
-            if not state_dict:
-                return None  # keep the random initialisation
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        empty = Path(tmp) / "empty.pth"
-        torch.save({}, empty)
-        torch.manual_seed(seed)
-        net = _RandomInception("inception-v3-compat", ["2048"], str(empty))
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(path))
-    return sum(v.numel() for v in state.values())
-
-
 def make_models(folder: Path, fid_kind: str, seed: int) -> tuple[Path, dict[str, Any]]:
-    from igmu.backbones.tiny import make_random_alexnet_features, make_tiny_heads
+    from igmu.backbones.tiny import (
+        make_random_alexnet_features,
+        make_random_clip_b32,
+        make_random_inception,
+        make_tiny_heads,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, Any] = {}
     clip_dir = folder / "clip-vit-b32-random"
-    sizes["clip_params"] = make_real_size_clip(clip_dir, seed)
+    sizes["clip_params"] = make_random_clip_b32(clip_dir, seed)
     heads = make_tiny_heads(folder / "heads", seed)
     alex = folder / "alexnet_features.safetensors"
     make_random_alexnet_features(alex, seed)

@@ -9,33 +9,9 @@ from scipy import stats
 
 from igmu.metrics import clustered as C
 from igmu.metrics import functional as F
+from igmu.metrics.coverage import mean_coverage, rate_coverage
 
 RUNS = 1500
-
-
-def clustered_flags(rng, prompts: int, seeds: int, rate: float, icc: float) -> np.ndarray:
-    """Beta-binomial: each prompt has its own rate (mean ``rate``, intra-prompt correlation
-    ``icc``), its seeds are Bernoulli draws of it."""
-    if icc > 0:
-        a, b = rate * (1 - icc) / icc, (1 - rate) * (1 - icc) / icc
-        per_prompt = rng.beta(a, b, prompts)
-    else:
-        per_prompt = np.full(prompts, rate)
-    return (rng.random((prompts, seeds)) < per_prompt[:, None]).astype(float).ravel()
-
-
-def rate_coverage(prompts: int, seeds: int, rate: float, icc: float, clustered: bool) -> float:
-    rng = np.random.default_rng(prompts * 1000 + seeds)
-    clusters = np.repeat(np.arange(prompts), seeds)
-    hits = 0
-    for _ in range(RUNS):
-        flags = clustered_flags(rng, prompts, seeds, rate, icc)
-        if clustered:
-            _, low, high = C.cluster_rate_interval(flags, clusters)
-        else:
-            low, high = F.wilson_interval(int(flags.sum()), len(flags))
-        hits += low <= rate <= high
-    return hits / RUNS
 
 
 @pytest.mark.parametrize(
@@ -43,14 +19,14 @@ def rate_coverage(prompts: int, seeds: int, rate: float, icc: float, clustered: 
     [(16, 2, 0.5, 0.3), (16, 2, 0.1, 0.3), (30, 3, 0.3, 0.5), (10, 2, 0.5, 0.0), (8, 4, 0.5, 0.5)],
 )
 def test_rate_interval_covers_the_true_rate(prompts, seeds, rate, icc) -> None:
-    coverage = rate_coverage(prompts, seeds, rate, icc, clustered=True)
+    coverage = rate_coverage(prompts, seeds, rate, icc, RUNS)
     assert 0.92 <= coverage <= 0.98, coverage
 
 
 def test_images_as_independent_units_undercover() -> None:
     """Why the prompt is the unit: a Wilson interval over images misses far more often when a
     prompt's seeds agree with each other."""
-    assert rate_coverage(8, 4, 0.5, 0.5, clustered=False) < 0.85
+    assert rate_coverage(8, 4, 0.5, 0.5, RUNS, clustered=False) < 0.85
 
 
 def test_one_image_per_prompt_is_the_plain_wilson_interval() -> None:
@@ -68,29 +44,13 @@ def test_agreeing_seeds_count_each_prompt_once() -> None:
     assert (low, high) == pytest.approx(F.wilson_interval(0, 16), rel=1e-9)
 
 
-def mean_coverage(prompts, seeds, strata=None, skewed=False) -> float:
-    rng = np.random.default_rng(prompts * 7 + seeds)
-    clusters = np.repeat(np.arange(prompts), seeds)
-    groups = None if strata is None else np.repeat(np.arange(prompts) % strata, seeds)
-    truth = np.exp(0.5**2) if skewed else 0.0
-    hits = 0
-    for _ in range(RUNS):
-        draws = rng.normal(0, 0.5 if skewed else 1, prompts)[:, None] + rng.normal(
-            0, 0.5 if skewed else 1, (prompts, seeds)
-        )
-        values = np.exp(draws).ravel() if skewed else draws.ravel()
-        _, low, high = C.cluster_mean_interval(values, clusters, groups)
-        hits += low <= truth <= high
-    return hits / RUNS
-
-
 @pytest.mark.parametrize(
     "prompts,seeds,strata,skewed",
     [(16, 2, None, False), (6, 1, None, False), (9, 1, 3, False), (18, 2, 3, False),
      (30, 2, None, True)],
 )
 def test_mean_interval_covers_the_true_mean(prompts, seeds, strata, skewed) -> None:
-    coverage = mean_coverage(prompts, seeds, strata, skewed)
+    coverage = mean_coverage(prompts, seeds, RUNS, strata, skewed)
     assert 0.92 <= coverage <= 0.98, coverage
 
 

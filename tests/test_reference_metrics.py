@@ -120,3 +120,52 @@ def test_residual_rate_matches_head_on_clip_features(church_demo: Path, tiny_mod
         church_is_class = 0  # alphabetical: church=0, other=1
         predicted_church = round(p_class1) == church_is_class
         assert float(row["value"]) == float(predicted_church)
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """torch-fidelity's FID Inception with random weights: (safetensors for igmu, .pth for
+    torchmetrics, which loads it with torch.load)."""
+    pytest.importorskip("torch_fidelity")
+    from safetensors.torch import load_file
+
+    from igmu.backbones.tiny import make_random_inception
+
+    folder = tmp_path_factory.mktemp("inception")
+    weights = folder / "inception.safetensors"
+    make_random_inception(weights, seed=0)
+    pth = folder / "inception.pth"
+    torch.save(load_file(str(weights)), pth)
+    return weights, pth
+
+
+def test_fid_equals_torchmetrics(church_demo: Path, tiny_models: Path, tmp_path: Path,
+                                 random_inception: tuple[Path, Path]) -> None:
+    """The same images through the same Inception: igmu's FID equals torchmetrics'
+    FrechetInceptionDistance (its own preprocessing, features and Fréchet formula)."""
+    import yaml
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    weights, pth = random_inception
+    models = yaml.safe_load(tiny_models.read_text())
+    models["fid"] = {"kind": "inception", "weights": str(weights)}
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(yaml.safe_dump(models))
+    out = tmp_path / "run"
+    run_cli("evaluate", "--task", "church", "--images", church_demo, "--out", out,
+            "--models", models_file, "--metrics", "fid", "--quiet")
+    ours = {r["method"]: float(r["value"]) for r in read_csv(out / "metrics.csv")}
+    assert set(ours) == {"ESD", "UCE"}
+
+    def batch(method: str) -> torch.Tensor:
+        folder = church_demo / "unrelated" / method / "Airplane"
+        arrays = [np.asarray(Image.open(folder / f"2_0_{k}.png").convert("RGB")) for k in range(5)]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    for method in ("ESD", "UCE"):
+        fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(pth))
+        fid.update(batch("ORG"), real=True)
+        fid.update(batch(method), real=False)
+        expected = float(fid.compute())
+        assert ours[method] == pytest.approx(expected, rel=1e-3, abs=1e-4), method
+    assert ours["UCE"] == pytest.approx(0.0, abs=1e-6)  # UCE's images are ORG's pixels

@@ -140,6 +140,76 @@ def make_random_alexnet_features(path: Path, seed: int = 0) -> None:
     save_file(state, str(path))
 
 
+def make_random_clip_b32(folder: Path, seed: int = 0) -> int:
+    """CLIP ViT-B/32 at its real size (transformers' CLIPConfig() defaults) with random weights
+    and the character tokenizer, saved loadable; returns the parameter count."""
+    import torch
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_size = write_char_tokenizer_files(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "bos_token_id": vocab_size - 2,
+            "eos_token_id": vocab_size - 1,
+            "pad_token_id": vocab_size - 1,
+        },
+    )
+    vision = config.vision_config
+    assert (vision.image_size, vision.patch_size, vision.hidden_size) == (224, 32, 768)
+    assert config.projection_dim == 512 and config.text_config.hidden_size == 512
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        resample=3,
+        do_center_crop=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    model.save_pretrained(str(folder), safe_serialization=True)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(folder))
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_random_inception(path: Path, seed: int) -> int:
+    """A random state dict for torch-fidelity's FID Inception-v3 (full size, saved as
+    safetensors); returns the parameter count.
+
+    The class always loads weights in __init__; a subclass that ignores an empty state dict keeps
+    the random initialisation, which we then save.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _RandomInception(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            if not state_dict:
+                return None  # keep the random initialisation
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "empty.pth"
+        torch.save({}, empty)
+        torch.manual_seed(seed)
+        net = _RandomInception("inception-v3-compat", ["2048"], str(empty))
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(path))
+    return sum(v.numel() for v in state.values())
+
+
 def make_tiny(folder: Path, igmu_heads: Path | None = None, seed: int = 0) -> Path:
     """Write tiny models plus ``models.yaml`` pointing at them; returns the models file path."""
     folder = folder.resolve()

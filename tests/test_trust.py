@@ -1,0 +1,274 @@
+"""What keeps a number trustworthy: inputs checked against the task, paths that cannot leak
+files into a shared report, a store that will not mix schema versions, a blur that fails
+closed, and the operability details a user meets first."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import read_csv, read_json, run_cli
+from igmu.dataset.layouts import read_manifest
+from igmu.errors import ConfigError
+from igmu.report.data import is_sensitive
+from igmu.store import Store
+from igmu.tasks import load_task
+from test_bad_input import GOOD_ROW, cli, cli_fails, evaluate_args
+
+# --------------------------------------------------------------------------------------------
+# manifests and layouts
+
+
+def manifest_with(tmp_path: Path, *rows: dict) -> Path:
+    path = tmp_path / "images" / "manifest.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "change,fragments",
+    [
+        ({"class_name": "chapel"}, ["'class_name'", "'chapel'", "not a class"]),
+        ({"prompt_index": 9999}, ["'prompt_index'", "out of range"]),
+        ({"seed": -1}, ["'seed'", ">= 0"]),
+        ({"prompt": "a mosque at dawn"}, ["'prompt'", "another version of the task"]),
+        ({"path": "../outside.png"}, ["'path'", "outside the manifest's folder",
+                                      "--allow-outside-paths"]),
+    ],
+)
+def test_manifest_rows_are_checked_against_the_task(
+    tmp_path: Path, change: dict, fragments: list[str]
+) -> None:
+    manifest = manifest_with(tmp_path, GOOD_ROW, {**GOOD_ROW, "method": "ESD", **change})
+    with pytest.raises(ConfigError) as info:
+        read_manifest(manifest, load_task("church"))
+    assert f"{manifest}:2:" in str(info.value)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_manifest_paths_are_absolute_and_outside_paths_need_consent(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.png"
+    manifest = manifest_with(tmp_path, GOOD_ROW, {**GOOD_ROW, "method": "ESD",
+                                                 "path": str(outside)})
+    with pytest.raises(ConfigError, match="outside the manifest's folder"):
+        read_manifest(manifest, load_task("church"))
+    records = read_manifest(manifest, load_task("church"), allow_outside_paths=True)
+    assert [r.path for r in records] == [
+        str((manifest.parent / "ORG" / "0_0_0.png").resolve()), str(outside.resolve())
+    ]
+
+
+def test_attack_rows_keep_their_own_prompt(tmp_path: Path) -> None:
+    attack = {**GOOD_ROW, "prompt_set": "attack.text_grad", "prompt": "xq zv a church"}
+    records = read_manifest(manifest_with(tmp_path, GOOD_ROW, attack), load_task("church"))
+    assert records[1].prompt == "xq zv a church"
+    bad = {**attack, "prompt_index": 9999}
+    with pytest.raises(ConfigError, match="out of range"):
+        read_manifest(manifest_with(tmp_path, GOOD_ROW, bad), load_task("church"))
+
+
+def test_layout_link_out_of_the_folder_is_refused(
+    capsys: pytest.CaptureFixture[str], church_demo: Path, tiny_models: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "private.png"
+    target = church_demo / "forgot" / "ESD" / "0_0_1.png"
+    secret.write_bytes(target.read_bytes())
+    target.unlink()
+    target.symlink_to(secret)
+    err = cli_fails(capsys, *evaluate_args(church_demo, tmp_path / "run", "--models",
+                                           tiny_models))
+    assert str(target) in err and "--allow-outside-paths" in err
+
+
+def test_images_hints(capsys: pytest.CaptureFixture[str], church_demo: Path,
+                      tmp_path: Path) -> None:
+    err = cli_fails(capsys, *evaluate_args(church_demo.parent, tmp_path / "run"))
+    assert "give one of them as --images" in err and str(church_demo) in err
+    manifest = manifest_with(tmp_path, GOOD_ROW)
+    err = cli_fails(capsys, *evaluate_args(manifest.parent, tmp_path / "run", "--layout",
+                                           "manifest"))
+    assert f"--images {manifest}" in err
+    err = cli_fails(capsys, *evaluate_args(manifest, tmp_path / "run", "--layout", "igmu"))
+    assert "--layout manifest" in err
+
+
+def test_corrupt_image_is_recorded_and_skipped_with_allow_missing(
+    capsys: pytest.CaptureFixture[str], tiny_models: Path, church_demo: Path, tmp_path: Path
+) -> None:
+    culprit = church_demo / "forgot" / "ESD" / "0_0_3.png"
+    culprit.write_bytes(culprit.read_bytes()[:100])
+    code, out, err = cli(capsys, *evaluate_args(church_demo, tmp_path / "run", "--models",
+                                                tiny_models, "--allow-missing"))
+    assert code == 0, err
+    assert str(culprit) in out  # the table's "left out" lines name it
+    run = read_json(tmp_path / "run" / "run.json")
+    assert any(str(culprit) in line and "unreadable" in line for line in run["left_out"])
+    esd = [r for r in read_csv(tmp_path / "run" / "metrics.csv")
+           if r["method"] == "ESD" and r["metric"].startswith("residual_rate")]
+    assert esd and all(r["n"] == "4" for r in esd)  # scored on the other four
+
+
+# --------------------------------------------------------------------------------------------
+# the store
+
+
+def test_store_refuses_another_schema_and_migrates_the_previous(tmp_path: Path) -> None:
+    path = tmp_path / "igmu.sqlite"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    with pytest.raises(ConfigError, match="schema version 99"):
+        Store(path)
+    # A version-1 store (no prompt count) is brought up to date, caches kept.
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as db:
+        db.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO meta VALUES ('schema_version', '1');"
+            "CREATE TABLE aggregates (run_id TEXT NOT NULL, method TEXT NOT NULL, metric TEXT "
+            "NOT NULL, aspect TEXT NOT NULL, value REAL, ci_low REAL, ci_high REAL, n INTEGER "
+            "NOT NULL, higher_is_better INTEGER NOT NULL, whole_set INTEGER NOT NULL, warning "
+            "TEXT NOT NULL, PRIMARY KEY (run_id, method, metric));"
+            "CREATE TABLE features (backbone TEXT NOT NULL, sha256 TEXT NOT NULL, vector BLOB "
+            "NOT NULL, PRIMARY KEY (backbone, sha256));"
+            "INSERT INTO features VALUES ('b', 's', x'00');"
+        )
+    store = Store(old)
+    assert store.counts()["features"] == 1
+    store.close()
+    with sqlite3.connect(old) as db:
+        assert db.execute("SELECT value FROM meta").fetchone()[0] == "2"
+
+
+def test_rerun_refreshes_fingerprints(church_demo: Path, tiny_models: Path,
+                                      tmp_path: Path) -> None:
+    args = ["evaluate", "--task", "church", "--images", church_demo, "--models", tiny_models,
+            "--metrics", "residual_rate", "--quiet"]
+    run_cli(*args, "--out", tmp_path / "run")
+    store_path = tmp_path / "igmu.sqlite"
+    with sqlite3.connect(store_path) as db:
+        db.execute("UPDATE runs SET fingerprints_json='{\"packages\": {\"torch\": \"0.0\"}}'")
+    run_cli(*args, "--out", tmp_path / "run")
+    with sqlite3.connect(store_path) as db:
+        stored = json.loads(db.execute("SELECT fingerprints_json FROM runs").fetchone()[0])
+    assert stored["packages"]["torch"] != "0.0"
+
+
+# --------------------------------------------------------------------------------------------
+# NSFW blur fails closed
+
+
+def test_blur_is_decided_by_the_task_and_fails_closed() -> None:
+    assert is_sensitive({"task": {"node": "nsfw.attribute"}})
+    assert not is_sensitive({"task": {"node": "object.entity"}})
+    assert is_sensitive({"task": {"node": "object.entity", "sensitive_content": True}})
+    assert is_sensitive({"task": {"node": "no.such.node"}})
+    assert is_sensitive({})
+
+
+def test_report_blurs_a_nudity_run_whose_run_json_lacks_the_catigmu_section(
+    church_demo: Path, tiny_models: Path, tmp_path: Path
+) -> None:
+    from igmu.report.data import load_report_data
+
+    out = tmp_path / "run"
+    run_cli("evaluate", "--task", "church", "--images", church_demo, "--models", tiny_models,
+            "--metrics", "residual_rate", "--out", out, "--quiet")
+    run = read_json(out / "run.json")
+    assert run["spec"]["task"]["sensitive_content"] is False
+    run.pop("catigmu")
+    with sqlite3.connect(tmp_path / "igmu.sqlite") as db:  # make the stored run a nudity one
+        spec = json.loads(db.execute("SELECT spec_json FROM runs").fetchone()[0])
+        spec["task"] = {"node": "nsfw.attribute"}
+        db.execute("UPDATE runs SET spec_json=?", (json.dumps(spec),))
+    (out / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    assert load_report_data(out).sensitive
+    run_cli("report", out)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert 'class="thumb nsfw"' in html
+
+
+# --------------------------------------------------------------------------------------------
+# operability
+
+
+def test_report_of_a_folder_of_runs_and_markdown_to_stdout(
+    church_demo: Path, tiny_models: Path, tmp_path: Path
+) -> None:
+    for name in ("a", "b"):
+        run_cli("evaluate", "--task", "church", "--images", church_demo, "--models",
+                tiny_models, "--metrics", "residual_rate", "--out", tmp_path / "runs" / name,
+                "--quiet")
+    result = run_cli("report", tmp_path)
+    assert (tmp_path / "runs" / "a" / "report.html").is_file()
+    assert (tmp_path / "runs" / "b" / "report.html").is_file()
+    assert not (tmp_path / "-").exists()
+    result = run_cli("report", tmp_path / "runs" / "a", "--format", "md", "--out", "-")
+    assert result.stdout.startswith("| method |")
+    assert not Path("-").exists()
+
+
+def test_error_after_a_progress_bar_starts_its_own_line(tmp_path: Path, church_demo: Path,
+                                                        tiny_models: Path) -> None:
+    """An image that fails mid-run (progress bar drawn) gets its error on a line of its own."""
+    culprit = church_demo / "unrelated" / "UCE" / "Airplane" / "2_0_4.png"
+    culprit.write_bytes(culprit.read_bytes()[:100])
+    result = run_cli("evaluate", "--task", "church", "--images", church_demo, "--models",
+                     tiny_models, "--out", tmp_path / "run", "--batch-size", "2", check=False)
+    assert result.returncode != 0
+    assert "scoring images" in result.stderr  # the bar was drawn
+    line = next(x for x in result.stderr.split("\n") if "igmu: error:" in x)  # not at \r
+    assert line.startswith("igmu: error:"), result.stderr
+
+
+def test_compare_two_methods_on_every_metric(church_demo: Path, tiny_models: Path,
+                                             tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_cli("evaluate", "--task", "church", "--images", church_demo, "--models", tiny_models,
+            "--out", out, "--quiet")
+    result = run_cli("compare", out, "--a", "UCE", "--b", "ESD", "--out", "-")
+    rows = {r["metric"]: r for r in read_csv_text(result.stdout)}
+    metrics = {r["metric"] for r in read_csv(out / "metrics.csv") if r["method"] == "UCE"}
+    assert set(rows) == metrics
+    # UCE's unrelated images are ORG's pixels, ESD's another seed: UCE is closer to ORG.
+    lpips = rows["lpips"]
+    assert float(lpips["difference"]) < 0 and float(lpips["ci_high"]) < 0
+    assert lpips["verdict"] == "UCE better"
+    assert rows["fid"]["difference"] != ""  # FID compared from the stored features
+    bad = run_cli("compare", out, "--a", "UCF", "--b", "ESD", check=False)
+    assert bad.returncode != 0 and "Did you mean 'UCE'" in bad.stderr
+
+
+def read_csv_text(text: str) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_mini_tasks_use_their_world_without_a_models_file(tmp_path: Path) -> None:
+    """generate (and every command) finds the shipped MiniWorld models for a mini task; a
+    models file's relative paths are relative to the file."""
+    out = tmp_path / "gen"
+    run_cli("generate", "--task", "mini_object", "--method", "ORG", "--out", out,
+            "--max-prompts-per-class", "1", "--prompt-sets", "forget", "--steps", "2",
+            "--quiet")
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert rows and rows[0]["model"].endswith("miniworld/weights/t2i")
+    printed = run_cli("models", "--world", "mini").stdout
+    assert "miniworld/weights/t2i" in printed and "kind: miniworld" in printed
+    from igmu.backbones.config import load_models_config
+
+    (tmp_path / "sub").mkdir()
+    file = tmp_path / "sub" / "models.yaml"
+    (tmp_path / "sub" / "uce").mkdir()
+    file.write_text(yaml.safe_dump({"methods": {"UCE": "uce", "X": "org/model"}}))
+    methods = load_models_config(file).get("methods")
+    assert methods["UCE"] == {"model": str((tmp_path / "sub" / "uce").resolve())}
+    assert methods["X"] == {"model": "org/model"}  # a hub id stays a hub id
