@@ -65,7 +65,7 @@ PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "clip_score": ("",),
     "fid": ("weights", "model"),
     "lpips": ("backbone_weights",),
-    "heads": ("*",),
+    "heads": ("*", "*.path"),
     "person": ("weights",),
     "miniworld": ("judges",),
     "generator": ("model",),
@@ -100,8 +100,10 @@ def _absolute(field: str, value: Any, base: Path) -> Any:
     for key, item in value.items():
         if isinstance(item, str) and (key in keys or "*" in keys):
             out[key] = resolve_path(item, base)
-        elif isinstance(item, dict) and "*.model" in keys and isinstance(item.get("model"), str):
-            out[key] = {**item, "model": resolve_path(item["model"], base)}
+        elif isinstance(item, dict):
+            nested = {k: resolve_path(v, base) for k, v in item.items()
+                      if f"*.{k}" in keys and isinstance(v, str)}
+            out[key] = {**item, **nested}
         else:
             out[key] = item
     return out

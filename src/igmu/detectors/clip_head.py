@@ -155,10 +155,12 @@ def build_clip_head(models: ModelsConfig, variant: str | None, overrides: dict[s
         )
     overrides = dict(overrides)
     device = overrides.pop("device", "cpu")
+    backbone = overrides.pop("backbone", None)  # igmu's Providers share one loaded CLIP
     settings = detector_settings(models, "clip_head", {"threshold": 0.5})
     settings.update(overrides)
     path, concept_index = resolve_head(models, variant)
-    backbone = ClipBackbone.from_reference(
-        models.get("clip_detector"), "CLIP for detector heads", "clip_detector", device
-    )
+    if backbone is None:
+        backbone = ClipBackbone.from_reference(
+            models.get("clip_detector"), "CLIP for detector heads", "clip_detector", device
+        )
     return ClipHeadDetector(backbone, variant, path, concept_index, settings["threshold"])

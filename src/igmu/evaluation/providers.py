@@ -47,21 +47,24 @@ class Providers:
                 )
             name = f"clip_head:{self.task.igmu_key}"
         if name.startswith("clip_head"):
-            return build_detector(name, self.models, {"device": self.device})
+            backbone = self.clip("clip_detector", "CLIP for detector heads")
+            return build_detector(name, self.models, {"device": self.device, "backbone": backbone})
         return build_detector(name, self.models)
 
     def person(self) -> Any:
         return self._once("person", lambda: build_detector("person", self.models))
 
+    def clip(self, field: str, role: str) -> ClipBackbone:
+        """The CLIP a models-file field names, loaded once however many roles share it."""
+        reference = self.models.get(field)
+        key = f"clip:{reference}"
+        if key not in self._shared:
+            self._shared[key] = ClipBackbone.from_reference(reference, role, field, self.device)
+        return self._shared[key]
+
     def clip_score(self) -> ClipBackbone:
         return self._once(
-            "clip_score",
-            lambda: ClipBackbone.from_reference(
-                self.models.get("clip_score"),
-                "CLIP for CLIP score / CSDR",
-                "clip_score",
-                self.device,
-            ),
+            "clip_score", lambda: self.clip("clip_score", "CLIP for CLIP score / CSDR")
         )
 
     def fid(self) -> Any:
@@ -70,9 +73,10 @@ class Providers:
             if config.get("kind") == "miniworld":
                 return self.miniworld_features()
             if config.get("kind") == "clip":
-                model = config.get("model") or self.models.get("clip_detector")
+                if not config.get("model"):
+                    return self.clip("clip_detector", "FID feature extractor (CLIP)")
                 return ClipBackbone.from_reference(
-                    model, "FID feature extractor (CLIP)", "fid.model", self.device
+                    config["model"], "FID feature extractor (CLIP)", "fid.model", self.device
                 )
             from igmu.backbones.inception import InceptionBackbone
 
