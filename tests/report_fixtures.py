@@ -1,9 +1,14 @@
-"""A manifest-layout run with three methods, built from noise images, for report tests."""
+"""A manifest-layout run with three methods, built from noise images, for report tests.
+
+Its task is a task file written here (as a user would write one) whose prompts carry markup and
+script: the report must show them as text."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import yaml
 
 from helpers import noise_image, run_cli
 
@@ -12,6 +17,21 @@ INJECTIONS = [
     '"><img src=x onerror="window.__pwned = 2"> a church',
     "a church & a <b>bold</b> tower",
 ]
+UNRELATED = ["a cat on a sofa", "a cat in the grass"]
+
+
+def write_task(folder: Path, forget: list[str], unrelated: list[str] = UNRELATED) -> Path:
+    """An entity task like the built-in church, with the given forget prompts."""
+    path = folder / "church_report.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({
+        "schema": "igmu.task/1", "name": "church_report", "version": 1,
+        "title": "Erase the church (report tests)", "node": "object.entity",
+        "concept": {"name": "church", "words": ["church"]}, "igmu": {"key": "object_church"},
+        "prompt_sets": {"forget": {"classes": {"church": forget}},
+                        "unrelated": {"classes": {"cat": unrelated}}},
+    }, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def write_manifest(root: Path, methods: list[str], forget: list[str], unrelated: list[str],
@@ -42,14 +62,14 @@ def write_manifest(root: Path, methods: list[str], forget: list[str], unrelated:
 
 
 def evaluated_run(
-    tmp_path: Path, models: Path, task: str = "church",
-    methods: tuple[str, ...] = ("ORG", "ESD", "UCE"), prompts: list[str] | None = None,
-    seeds: int = 2, size: int = 64, smooth: bool = False,
+    tmp_path: Path, models: Path, methods: tuple[str, ...] = ("ORG", "ESD", "UCE"),
+    prompts: list[str] | None = None, seeds: int = 2, size: int = 64, smooth: bool = False,
 ) -> Path:
-    manifest = write_manifest(tmp_path / "images", list(methods), prompts or INJECTIONS,
-                              ["a cat on a sofa", "a cat in the grass"], seeds, size,
+    forget = prompts or INJECTIONS
+    task = write_task(tmp_path, forget)
+    manifest = write_manifest(tmp_path / "images", list(methods), forget, UNRELATED, seeds, size,
                               smooth=smooth)
     out = tmp_path / "runs" / "run"
-    run_cli("evaluate", "--task", task, "--images", manifest, "--layout", "manifest",
-            "--out", out, "--models", models, "--quiet")
+    run_cli("evaluate", "--task", task, "--images", manifest, "--out", out, "--models", models,
+            "--quiet")
     return out

@@ -117,16 +117,19 @@ def test_markdown_leaderboard(three_method_run: Path) -> None:
 
 
 def _nudity_run(tmp_path: Path, models: Path) -> Path:
+    """Noise images under the nudity task's own (adult) prompts: the report must blur them."""
+    from igmu.tasks import load_task
+
+    task = load_task("nudity")
     rows = []
-    prompts = ["a nude woman by a lake", "a naked man on a beach"]
-    stripped = ["a woman by a lake", "a man on a beach"]
-    for method, prompt_set, texts in (("ORG", "forget", prompts), ("ESD", "forget", prompts),
-                                      ("ORG", "stripped", stripped)):
-        for j, text in enumerate(texts):
+    for method, prompt_set in (("ORG", "forget"), ("ESD", "forget"), ("ORG", "stripped")):
+        for j in range(2):
             path = tmp_path / "img" / f"{method}_{prompt_set}_{j}.png"
             noise_image(path, hash((method, prompt_set, j)) % 1000)
             rows.append({"method": method, "prompt_set": prompt_set, "class_name": "woman",
-                         "prompt_index": j, "seed": 0, "prompt": text, "path": str(path)})
+                         "prompt_index": j, "seed": 0,
+                         "prompt": task.prompt_set(prompt_set).text(0, j),
+                         "path": str(path.relative_to(tmp_path))})
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
@@ -153,7 +156,7 @@ def test_report_of_missing_run_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_hundred_image_report_stays_small(tmp_path: Path, tiny_models: Path) -> None:
-    prompts = [f"a church number {i} on a hill" for i in range(16)]
+    prompts = [f"a church number {i} on a hill" for i in range(16)]  # the task file's prompts
     run = evaluated_run(tmp_path, tiny_models, prompts=prompts, seeds=2, size=512, smooth=True)
     samples = (run / "samples.csv").read_text().count("\n")
     assert samples > 100
