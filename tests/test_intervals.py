@@ -74,10 +74,10 @@ def test_paired_difference_finds_a_known_shift() -> None:
     rng = np.random.default_rng(5)
     base = rng.normal(size=(20, 2)) + rng.normal(size=(20, 1))  # 20 prompts x 2 seeds
     shifted = base + 0.5 + rng.normal(0, 0.1, base.shape)
-    value, low, high = C.paired_difference_interval(
-        (shifted - base).ravel(), np.repeat(np.arange(20), 2)
-    )
-    assert low <= 0.5 <= high and low > 0
+    test = C.cluster_mean_test((shifted - base).ravel(), np.repeat(np.arange(20), 2))
+    assert test.low <= 0.5 <= test.high and test.low > 0 and test.p_value < 1e-6
+    null = C.cluster_mean_test(rng.normal(size=40), np.repeat(np.arange(20), 2))
+    assert null.p_value > 0.01
 
 
 def test_paired_frechet_keeps_pairs_together() -> None:
@@ -85,8 +85,8 @@ def test_paired_frechet_keeps_pairs_together() -> None:
     rows = np.random.default_rng(6).normal(size=(24, 3))
     low, high = C.paired_frechet_interval(rows, rows, np.repeat(np.arange(12), 2), 100, 0)
     assert (low, high) == pytest.approx((0.0, 0.0), abs=1e-9)
-    value, low, high = C.paired_frechet_difference_interval(
+    test = C.paired_frechet_difference_test(
         rows, rows + 1.0, rows, np.repeat(np.arange(12), 2), 100, 0
     )
-    assert value == pytest.approx(3.0, rel=1e-6)  # mean shift of 1 in each of 3 dimensions
-    assert low > 0
+    assert test.estimate == pytest.approx(3.0, rel=1e-6)  # a shift of 1 in each of 3 dims
+    assert test.low > 0 and test.p_value == 0.0

@@ -30,12 +30,16 @@ def _browser():
     return playwright.sync_playwright(), CHROMIUM
 
 
+def launch(pw, executable: str):
+    return pw.chromium.launch(executable_path=executable, args=[
+        "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"])
+
+
 def open_page(html: Path, screenshot: Path | None = None) -> dict:
     manager, executable = _browser()
     with manager as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch(pw, executable)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         console, requests = [], []
         page.on("console", lambda m: console.append((m.type, m.text)))
@@ -46,20 +50,22 @@ def open_page(html: Path, screenshot: Path | None = None) -> dict:
         found = {
             "console": console,
             "requests": requests,
-            "leaderboard_rows": page.locator("#leaderboard tbody tr").count(),
+            "leaderboard_rows": page.locator("table.leaderboard").first.locator(
+                "tbody tr").count(),
             "radars": page.locator("#radars svg").count(),
             "pareto": page.locator("svg#pareto").count(),
             "grid_images": page.locator("table.grid img").count(),
             "loaded_images": page.evaluate(
                 "Array.from(document.querySelectorAll('table.grid img'))"
-                ".filter(i => i.src.startsWith('data:image/jpeg') && i.naturalWidth > 0).length"),
+                ".filter(i => i.src.startsWith('data:image/') && i.naturalWidth > 0).length"),
             "pwned": page.evaluate("window.__pwned === undefined ? null : window.__pwned"),
             "text": page.inner_text("body"),
             "blurred": page.locator("img.nsfw").count(),
         }
-        first = page.locator("#leaderboard th.sortable").first
+        first = page.locator("table.leaderboard th.sortable").first
         first.click()
-        found["sorted_first_method"] = page.locator("#leaderboard tbody tr th").first.inner_text()
+        found["sorted_first_method"] = page.locator(
+            "table.leaderboard tbody tr th").first.inner_text()
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
@@ -73,7 +79,7 @@ def test_report_renders_in_chromium(three_method_run: Path) -> None:
     found = open_page(html, ARTIFACTS / "report.png")
     assert found["console"] == []
     assert found["requests"] == [html.resolve().as_uri()]
-    assert found["leaderboard_rows"] == 3
+    assert found["leaderboard_rows"] == 3  # one table per aspect, a row per method
     assert found["radars"] == 3 and found["pareto"] == 1
     images = 3 * (3 * 2 + 2 * 2)  # 3 methods x (3 forget prompts + 2 unrelated) x 2 seeds
     assert found["grid_images"] == images and found["loaded_images"] == images
@@ -98,8 +104,9 @@ def test_report_sections_and_provenance(three_method_run: Path) -> None:
     run_cli("report", three_method_run, "--out", three_method_run / "r.html")
     source = (three_method_run / "r.html").read_text(encoding="utf-8")
     run = json.loads((three_method_run / "run.json").read_text())
-    for text in ("Leaderboard", "Trade-offs", "Image grids", "Failure browser", "Provenance",
-                 run["run_id"], "object.entity", "bootstrap seed 0", "threshold"):
+    for text in ("Verdict", "Leaderboard", "Trade-offs", "Image grids", "Failure browser",
+                 "Provenance", run["run_id"], "object.entity", "bootstrap seed 0", "threshold",
+                 "diffusers"):
         assert text in source
     head_sha = run["fingerprints"]["evaluators"]["detector:clip_head"]["head_sha256"]
     assert head_sha[:16] in source
@@ -107,13 +114,20 @@ def test_report_sections_and_provenance(three_method_run: Path) -> None:
     assert "https://" not in source
 
 
-def test_markdown_leaderboard(three_method_run: Path) -> None:
+def test_markdown_verdict_then_leaderboard(three_method_run: Path) -> None:
     run_cli("report", three_method_run, "--format", "md")
     text = (three_method_run / "report.md").read_text(encoding="utf-8")
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    verdict, leaderboard = text.split("### Leaderboard")
+    lines = [line for line in verdict.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| method | forgetting: residual_rate.clip_head:object_church")
+    assert sorted(line.split("|")[1].strip() for line in lines[2:]) == ["ESD", "UCE"]
+    assert "Holm" in verdict
+    lines = [line for line in leaderboard.splitlines() if line.startswith("|")]
     assert lines[0].startswith("| method | residual_rate.clip_head:object_church (forgetting) ↓")
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["ORG", "ESD", "UCE"]
-    assert "**" in text and "[95% CI]" in text
+    assert "[95% CI]" in text
+    printed = run_cli("report", three_method_run, "--format", "md", "--out", "-").stdout
+    assert printed == text
 
 
 def _nudity_run(tmp_path: Path, models: Path) -> Path:

@@ -36,7 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from igmu.cli.evaluate_cmd import print_table
+    from igmu.cli.evaluate_cmd import print_summary
     from igmu.cli.options import apply_threads
     from igmu.errors import ConfigError
     from igmu.registry import did_you_mean
@@ -58,12 +58,9 @@ def run(args: argparse.Namespace) -> int:
                           progress=not args.quiet)
     started = time.perf_counter()
     metrics = run_demo(args.out, options)
-    from igmu.report.data import load_report_data
-
     for task in tasks:
-        data = load_report_data(args.out / "runs" / task)
         print(f"\n== {task} ==")
-        print_table(data.aggregates)
+        print_summary(args.out / "runs" / task)
     print(f"\nwrote {metrics} and a report per task under {args.out / 'runs'} "
           f"in {time.perf_counter() - started:.0f} s")
     return 0

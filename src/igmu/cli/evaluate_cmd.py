@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     result = evaluate(task, args.images, args.out, models, options)
-    print_table(result.results)
+    print_summary(args.out)
     for line in result.left_out:
         print(f"left out: {line}")
     print(
@@ -126,14 +126,21 @@ def _cell(value: float) -> str:
 
 
 def print_table(results: list) -> None:
-    rows = [("method", "aspect", "metric", "value", "95% CI", "n", "")]
+    """The detailed table: by aspect (forgetting first), metric, then method (the reference
+    first), the same order in `igmu evaluate` and `igmu demo`."""
+    from igmu.results import ASPECTS
+
+    methods = sorted({r.method for r in results}, key=lambda m: (m != ORG, m))
+    results = sorted(results, key=lambda r: (ASPECTS.index(r.aspect), r.metric,
+                                             methods.index(r.method)))
+    rows = [("aspect", "metric", "method", "value", "95% CI", "n", "")]
     for r in results:
         arrow = "higher=better" if r.higher_is_better else "lower=better"
         rows.append(
             (
-                r.method,
                 r.aspect,
                 r.metric,
+                r.method,
                 _cell(r.value),
                 f"[{_cell(r.ci_low)}, {_cell(r.ci_high)}]",
                 str(r.n),
@@ -143,6 +150,19 @@ def print_table(results: list) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    warned = [r for r in results if r.warning]
-    for r in warned:
-        print(f"warning: {r.method} {r.metric}: {r.warning}")
+
+
+def print_summary(run_dir: Path) -> None:
+    """The verdict first, then the detailed table and the warnings, grouped by cause."""
+    from igmu.report.data import load_report_data
+    from igmu.report.leaderboard import grouped_warnings
+    from igmu.report.verdict import build_verdict
+    from igmu.report.verdict_render import verdict_text
+
+    data = load_report_data(run_dir)
+    print(f"Verdict ({data.task}):")
+    print(verdict_text(build_verdict(data)))
+    print()
+    print_table(data.aggregates)
+    for cause, items in grouped_warnings(data).items():
+        print(f"warning: {cause}: {', '.join(items)}")

@@ -23,7 +23,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "run_dir",
         type=Path,
-        help="run folder (holds run.json), or a folder of runs such as `igmu demo`'s output",
+        help="run folder (holds run.json), or a folder of runs such as `igmu demo`'s output "
+        "(one report with a tab per run)",
     )
     parser.add_argument(
         "--out",
@@ -42,33 +43,38 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from igmu.errors import ConfigError
     from igmu.store.runs import find_run_dirs
 
     run_dirs = find_run_dirs(args.run_dir)
-    if len(run_dirs) > 1 and args.out is not None and str(args.out) != "-":
-        raise ConfigError(
-            f"{args.run_dir} holds {len(run_dirs)} runs; --out names one file (use '-' or "
-            "leave it out: each run's report is written into its own folder)"
-        )
-    for run_dir in run_dirs:
-        write_report(run_dir, args)
-    return 0
-
-
-def write_report(run_dir: Path, args: argparse.Namespace) -> None:
-    data = load_report_data(run_dir)
+    datas = [load_report_data(d) for d in run_dirs]
     if args.format == "md":
-        text = markdown_table(data)
+        text = "\n".join(markdown_report(data) for data in datas)
     else:
-        text, problems = render_html(data, show_nsfw=args.show_nsfw, max_rows=args.max_rows)
+        text, problems = render_html(
+            datas if len(datas) > 1 else datas[0], show_nsfw=args.show_nsfw,
+            max_rows=args.max_rows,
+        )
         for problem in problems:
             print(f"igmu: warning: {problem}", file=sys.stderr)
     if args.out is not None and str(args.out) == "-":
         sys.stdout.write(text)
-        return
-    out = args.out or run_dir / ("report.md" if args.format == "md" else "report.html")
+        return 0
+    folder = run_dirs[0] if len(run_dirs) == 1 else args.run_dir
+    out = args.out or folder / ("report.md" if args.format == "md" else "report.html")
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    runs = f" ({len(run_dirs)} runs, one tab each)" if len(run_dirs) > 1 else ""
+    print(f"wrote {out}{runs} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def markdown_report(data) -> str:
+    """The verdict, then the detailed leaderboard, for one run."""
+    from igmu.report.verdict import build_verdict
+    from igmu.report.verdict_render import verdict_markdown
+
+    return (
+        f"## {data.task}\n\n### Verdict\n\n{verdict_markdown(build_verdict(data))}\n"
+        f"### Leaderboard\n\n{markdown_table(data)}"
+    )

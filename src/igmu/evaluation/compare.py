@@ -38,6 +38,7 @@ class Difference:
     high: float
     n: int  # keys (image pairs)
     prompts: int
+    p_value: float = float("nan")
     note: str = ""
 
     @property
@@ -70,10 +71,10 @@ def _per_image(run: StoredRun, metric: str, a: str, b: str) -> Difference | None
     clusters = [prompt_of(left[k].record) for k in keys]
     strata = [left[k].extra.get("stratum") for k in keys]
     use_strata = all(s is not None for s in strata)
-    value, low, high = C.cluster_mean_interval(diffs, clusters, strata if use_strata else None)
+    test = C.cluster_mean_test(diffs, clusters, strata if use_strata else None)
     return Difference(
-        metric, agg.aspect, agg.higher_is_better, a, b, value, low, high, len(keys),
-        len(set(clusters)),
+        metric, agg.aspect, agg.higher_is_better, a, b, test.estimate, test.low, test.high,
+        len(keys), len(set(clusters)), test.p_value,
     )
 
 
@@ -105,7 +106,8 @@ def _whole_set(run: StoredRun, metric: str, a: str, b: str, store: Store) -> Dif
 
     def unavailable(note: str) -> Difference:
         return Difference(
-            metric, agg.aspect, agg.higher_is_better, a, b, nan, nan, nan, len(keys), 0, note
+            metric, agg.aspect, agg.higher_is_better, a, b, nan, nan, nan, len(keys), 0,
+            note=note,
         )
 
     if not backbone:
@@ -128,12 +130,12 @@ def _whole_set(run: StoredRun, metric: str, a: str, b: str, store: Store) -> Dif
     second = np.stack([cached[right[k].sha256] for k in keys])
     clusters = [prompt_of(left[k].record) for k in keys]
     seed = int(run.spec.get("bootstrap", {}).get("seed", 0))
-    value, low, high = C.paired_frechet_difference_interval(
+    test = C.paired_frechet_difference_test(
         reference, first, second, clusters, FID_RESAMPLES, seed
     )
     return Difference(
-        metric, agg.aspect, agg.higher_is_better, a, b, value, low, high, len(keys),
-        len(set(clusters)),
+        metric, agg.aspect, agg.higher_is_better, a, b, test.estimate, test.low, test.high,
+        len(keys), len(set(clusters)), test.p_value,
     )
 
 

@@ -30,7 +30,11 @@ from igmu.tasks.model import Task
 
 PACKAGES = (
     "torch",
+    "torchvision",
     "transformers",
+    "tokenizers",
+    "diffusers",
+    "safetensors",
     "numpy",
     "scipy",
     "pillow",
@@ -40,6 +44,7 @@ PACKAGES = (
     "lpips",
     "torch-fidelity",
     "opencv-python-headless",
+    "ultralytics",
 )
 
 
@@ -179,6 +184,7 @@ def evaluate(
                 "node": task.node,
                 "source_sha256": _task_hash(task),
                 "sensitive_content": task.is_sensitive,
+                "headlines": task.guidance.get("headlines", {}),
             },
             "layout": options.layout,
             "reference_method": options.reference_method,

@@ -8,6 +8,8 @@ independent, so every interval here resamples or counts prompts, never images.
   stratified) mean, with the cluster-robust (CR1) variance of the estimator.
 - ``paired_frechet_interval``: FID's bootstrap resampling prompts, with both sides of each pair
   drawn together.
+- ``cluster_mean_test`` / ``paired_frechet_difference_test``: the same with a p-value, for
+  paired comparisons of two methods.
 
 All are tested for coverage against simulations with known truth (tests/test_intervals.py).
 """
@@ -15,6 +17,7 @@ All are tested for coverage against simulations with known truth (tests/test_int
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -89,17 +92,27 @@ def _stratified_variance(
     return variance, groups - len(labels)
 
 
-def cluster_mean_interval(
+@dataclass(frozen=True)
+class MeanTest:
+    """A mean over prompts with its 95% interval and the two-sided p-value of "mean = 0"."""
+
+    estimate: float
+    low: float
+    high: float
+    p_value: float
+
+
+def cluster_mean_test(
     values: Sequence[float], clusters: Sequence, strata: Sequence | None = None
-) -> tuple[float, float, float]:
-    """(estimate, low, high): a t interval for the mean of ``values`` (or, with ``strata``, the
-    mean of per-stratum means) with the cluster-robust variance over prompts.
+) -> MeanTest:
+    """The mean of ``values`` (or, with ``strata``, the mean of per-stratum means) with a t
+    interval and t test over the cluster-robust variance: prompts, not images, are the unit.
 
     Each prompt (cluster) must lie in one stratum (a class)."""
+    nan = float("nan")
     data = np.asarray(values, dtype=np.float64)
     if len(data) == 0:
-        nan = float("nan")
-        return nan, nan, nan
+        return MeanTest(nan, nan, nan, nan)
     index, groups = _cluster_index(clusters)
     if strata is None:
         weights = np.full(len(data), 1.0 / len(data))
@@ -116,18 +129,23 @@ def cluster_mean_interval(
         cluster_strata = np.zeros(groups, dtype=int)
         cluster_strata[index] = s_index
     if groups < 2 or np.ptp(data) == 0:
-        return estimate, estimate, estimate
+        # No spread to measure: the estimate is exact as far as this sample can tell.
+        return MeanTest(estimate, estimate, estimate, 1.0 if estimate == 0 else 0.0)
     influence = np.bincount(index, weights=weights * centred, minlength=groups)
     variance, dof = _stratified_variance(influence, cluster_strata, groups)
-    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, max(dof, 1))) * float(np.sqrt(variance))
-    return estimate, estimate - half, estimate + half
+    dof = max(dof, 1)
+    se = float(np.sqrt(variance))
+    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, dof)) * se
+    p_value = float(2 * stats.t.sf(abs(estimate) / se, dof)) if se > 0 else float(estimate == 0)
+    return MeanTest(estimate, estimate - half, estimate + half, p_value)
 
 
-def paired_difference_interval(
-    differences: Sequence[float], clusters: Sequence
+def cluster_mean_interval(
+    values: Sequence[float], clusters: Sequence, strata: Sequence | None = None
 ) -> tuple[float, float, float]:
-    """(mean difference, low, high) of per-key differences between two methods, by prompt."""
-    return cluster_mean_interval(differences, clusters)
+    """(estimate, low, high) of `cluster_mean_test`."""
+    test = cluster_mean_test(values, clusters, strata)
+    return test.estimate, test.low, test.high
 
 
 def paired_frechet_interval(
@@ -158,16 +176,16 @@ def paired_frechet_interval(
     return max(min(float(low), point), 0.0), max(float(high), point)
 
 
-def paired_frechet_difference_interval(
+def paired_frechet_difference_test(
     reference: np.ndarray,
     first: np.ndarray,
     second: np.ndarray,
     clusters: Sequence,
     resamples: int,
     seed: int,
-) -> tuple[float, float, float]:
-    """(FID(ref, first) - FID(ref, second), low, high), resampling prompts jointly for all three
-    sides (rows are aligned by key), percentile interval."""
+) -> MeanTest:
+    """FID(ref, first) - FID(ref, second) with a percentile interval and a bootstrap p-value,
+    resampling prompts jointly for all three sides (rows are aligned by key)."""
     reference, first, second = (np.asarray(x) for x in (reference, first, second))
     point = frechet_distance(reference, first) - frechet_distance(reference, second)
     index, groups = _cluster_index(clusters)
@@ -183,6 +201,8 @@ def paired_frechet_difference_interval(
             - frechet_distance(reference[rows], second[rows])
         )
     if not draws:
-        return point, point, point
-    low, high = np.quantile(draws, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    return point, float(low), float(high)
+        return MeanTest(point, point, point, float("nan"))
+    values = np.asarray(draws)
+    low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    p_value = min(1.0, 2 * min(float((values <= 0).mean()), float((values >= 0).mean())))
+    return MeanTest(point, float(low), float(high), p_value)

@@ -23,6 +23,8 @@ DETECTION_PREFIXES = (
     "person_rate",
 )
 SET_ORDER = ("forget", "multilingual", "paraphrase", "unrelated", "related")
+SMALL_SIDE = 64  # images this small are embedded as PNG and enlarged pixel by pixel
+PRESERVED_SETS = ("unrelated", "related")
 
 
 class ImageBank:
@@ -46,12 +48,17 @@ class ImageBank:
         key = decoded.sha256[:16]
         if key not in self.data:
             image = Image.fromarray(decoded.pixels)
-            image.thumbnail((self.max_side, self.max_side), Image.LANCZOS)
             buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=self.quality)
-            self.data[key] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(
-                "ascii"
-            )
+            if max(image.size) <= SMALL_SIDE:  # pixel art stays exact (JPEG would smear it)
+                image.save(buffer, format="PNG")
+                kind = "png"
+            else:
+                image.thumbnail((self.max_side, self.max_side), Image.LANCZOS)
+                image.save(buffer, format="JPEG", quality=self.quality)
+                kind = "jpeg"
+            self.data[key] = f"data:image/{kind};base64," + base64.b64encode(
+                buffer.getvalue()
+            ).decode("ascii")
         self.ids[path] = key
         return key
 
@@ -71,7 +78,7 @@ def figure(bank: ImageBank, path: str, caption: str, verdicts: list, css: str) -
     for name, flagged, score in sorted(verdicts):
         state = "flagged" if flagged else "clear"
         shown = "" if score is None else f" {score:.2f}"
-        lines.append(f'<span class="verdict {state}">{escape(name)}:{shown} {state}</span>')
+        lines.append(f'<span class="verdict-tag {state}">{escape(name)}:{shown} {state}</span>')
     if image_id is None:
         body = f'<div class="missing">image unavailable:<br>{escape(path)}</div>'
     else:
@@ -142,6 +149,8 @@ def failures_html(data: ReportData, bank: ImageBank, css: str, per_method: int) 
     verdicts = _verdicts(data)
     parts = []
     for method in data.methods:
+        if method == data.reference_method:
+            continue  # ORG is the reference: it cannot have changed from itself
         flagged = [
             s
             for s in data.samples
@@ -155,6 +164,7 @@ def failures_html(data: ReportData, bank: ImageBank, css: str, per_method: int) 
                 for s in data.samples
                 if s.method == method
                 and s.metric.startswith("lpips")
+                and s.key.prompt_set in PRESERVED_SETS
                 and math.isfinite(s.value)
             ),
             key=lambda s: -s.value,
@@ -165,7 +175,7 @@ def failures_html(data: ReportData, bank: ImageBank, css: str, per_method: int) 
         if flagged:
             figures = "".join(
                 figure(
-                    bank, s.path, f"{s.metric} · {s.prompt[:60]}", verdicts[s.path], css
+                    bank, s.path, f"{s.metric} · {s.prompt}", verdicts[s.path], css
                 )
                 for s in flagged[:per_method]
             )
@@ -179,14 +189,15 @@ def failures_html(data: ReportData, bank: ImageBank, css: str, per_method: int) 
                 figure(
                     bank,
                     s.path,
-                    f"{s.metric} {s.value:.3f} · {s.prompt[:60]}",
+                    f"{s.metric} {s.value:.3f} · {s.prompt}",
                     verdicts[s.path],
                     css,
                 )
                 for s in changed
             )
             parts.append(
-                f"<p>Preserved-set images that changed most (largest LPIPS):</p>"
+                "<p>Unrelated and related prompts whose image changed most from ORG's (largest "
+                "LPIPS):</p>"
                 f'<div class="strip">{figures}</div>'
             )
     return "".join(parts) or "<p>No flagged or changed images.</p>"

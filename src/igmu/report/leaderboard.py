@@ -65,38 +65,85 @@ def arrow(higher: bool) -> str:
     return "↑" if higher else "↓"
 
 
-def html_table(data: ReportData) -> str:
-    columns = data.metrics()
-    aspects: list[tuple[str, int]] = []
-    for aspect, _, _ in columns:
-        if aspects and aspects[-1][0] == aspect:
-            aspects[-1] = (aspect, aspects[-1][1] + 1)
-        else:
-            aspects.append((aspect, 1))
-    head1 = "".join(f'<th colspan="{n}" class="aspect">{escape(a)}</th>' for a, n in aspects)
-    head2 = "".join(
-        f'<th class="sortable" data-col="{i + 1}" title="click to sort; '
-        f'{"higher" if h else "lower"} is better">{escape(m)} {arrow(h)}</th>'
-        for i, (_, m, h) in enumerate(columns)
-    )
-    best = {m: best_methods(data, m, h) for _, m, h in columns}
-    rows = []
-    for method in data.methods:
-        cells = [f'<th scope="row">{escape(method)}</th>']
-        for _, metric, _ in columns:
-            cells.append(_cell(data.aggregate(method, metric), method in best[metric]))
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    return (
-        '<table id="leaderboard" class="leaderboard"><thead>'
-        f'<tr><th rowspan="2">method</th>{head1}</tr><tr>{head2}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
+FID_CAUSE = (
+    "FID on fewer than 2,000 images per set: strongly biased upward, comparable only between "
+    "methods at the same n (greyed)"
+)
+PROMPTS_CAUSE = "fewer than 30 prompts: the interval is wide, treat the value as indicative"
+UNDEFINED_CAUSE = "samples whose value is undefined (NaN), excluded from the mean"
 
 
-def _cell(agg: Aggregate | None, is_best: bool) -> str:
+def grouped_warnings(data: ReportData) -> dict[str, list[str]]:
+    """One entry per cause of warning, listing what it concerns (not one per cell)."""
+    causes: dict[str, set[str]] = {}
+    for a in data.aggregates:
+        for part in filter(None, (p.strip() for p in a.warning.split(";"))):
+            if part.startswith("FID on n="):
+                causes.setdefault(FID_CAUSE, set()).add(a.metric)
+            elif "prompt(s) <" in part:
+                causes.setdefault(PROMPTS_CAUSE, set()).add(a.metric)
+            elif "undefined (NaN)" in part:
+                count = part.split(" ")[0]
+                causes.setdefault(UNDEFINED_CAUSE, set()).add(f"{a.method} {a.metric} ({count})")
+            else:
+                causes.setdefault(part, set()).add(f"{a.method} {a.metric}")
+    return {cause: sorted(items) for cause, items in sorted(causes.items())}
+
+
+def uninformative(data: ReportData, metric: str) -> bool:
+    """Every method's value of the metric carries FID's small-sample warning."""
+    rows = [a for a in data.aggregates if a.metric == metric]
+    return bool(rows) and all(a.warning.startswith("FID on n=") for a in rows)
+
+
+def html_table(data: ReportData, prefix: str = "") -> str:
+    """One collapsible table per aspect (each fits the page; wide ones scroll in their box)."""
+    groups: dict[str, list[tuple[str, bool]]] = {}
+    for aspect, metric, higher in data.metrics():
+        groups.setdefault(aspect, []).append((metric, higher))
+    parts = []
+    for aspect, columns in groups.items():
+        head = "".join(
+            f'<th class="sortable{" uninformative" if uninformative(data, m) else ""}" '
+            f'data-col="{i + 1}" title="click to sort; {"higher" if h else "lower"} is '
+            f'better">{escape(m)} {arrow(h)}</th>'
+            for i, (m, h) in enumerate(columns)
+        )
+        best = {m: best_methods(data, m, h) for m, h in columns}
+        rows = []
+        for method in data.methods:
+            cells = [f'<th scope="row">{escape(method)}</th>']
+            for metric, _ in columns:
+                cells.append(_cell(data.aggregate(method, metric), method in best[metric],
+                                   uninformative(data, metric)))
+            rows.append(f"<tr>{''.join(cells)}</tr>")
+        parts.append(
+            f'<details open class="aspect-group" data-aspect="{escape(aspect)}">'
+            f"<summary>{escape(aspect)} ({len(columns)} metric{'s' * (len(columns) > 1)})"
+            f'</summary><div class="scroll"><table id="{prefix}lb-{escape(aspect)}" '
+            f'class="leaderboard"><thead><tr><th>method</th>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div></details>"
+        )
+    return "".join(parts)
+
+
+def warnings_html(data: ReportData) -> str:
+    groups = grouped_warnings(data)
+    if not groups:
+        return ""
+    items = "".join(
+        f"<li><b>{escape(cause)}</b>: {escape(', '.join(items))}</li>"
+        for cause, items in groups.items()
+    )
+    return f'<div class="warnings"><p>Warnings ({len(groups)}):</p><ul>{items}</ul></div>'
+
+
+def _cell(agg: Aggregate | None, is_best: bool, greyed: bool = False) -> str:
     if agg is None or not agg.finite:
         return '<td data-value="" class="na">–</td>'
     classes = ["best"] if is_best else []
+    if greyed:
+        classes.append("uninformative")
     warn = ""
     if agg.warning:
         classes.append("warn")

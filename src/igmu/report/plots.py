@@ -23,6 +23,11 @@ PALETTE = [
 ]
 
 
+def method_colours(data: ReportData) -> dict[str, str]:
+    """One colour per method, the same in every plot of the report."""
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(data.methods)}
+
+
 def aspect_scores(data: ReportData) -> dict[str, dict[str, float]]:
     """Per method and aspect, a score in [0, 1] (1 = best method on every metric of the aspect).
 
@@ -49,8 +54,9 @@ def aspect_scores(data: ReportData) -> dict[str, dict[str, float]]:
     }
 
 
-def radar_svg(method: str, scores: dict[str, float], colour: str, size: int = 280) -> str:
-    centre, radius = size / 2, size / 2 - 70
+def radar_svg(method: str, scores: dict[str, float], colour: str, size: int = 300) -> str:
+    # Labels sit outside the rings; the margin fits the longest ("preservation (n/a)").
+    centre, radius = size / 2, size / 2 - 95
     axes = list(ASPECTS)
     parts = [
         f'<svg class="radar" xmlns="http://www.w3.org/2000/svg" width="{size}" '
@@ -115,7 +121,7 @@ def scatter_svg(data: ReportData, scores: dict[str, dict[str, float]]) -> str:
         for m, s in scores.items()
         if "forgetting" in s and "preservation" in s
     }
-    width, height, pad = 420, 320, 50
+    width, height, pad = 460, 340, 56
     parts = [
         f'<svg id="pareto" xmlns="http://www.w3.org/2000/svg" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
@@ -126,7 +132,7 @@ def scatter_svg(data: ReportData, scores: dict[str, dict[str, float]]) -> str:
         'fill="#fafafa" stroke="#999"/>'
     )
     parts.append(
-        f'<text x="{(width + pad) / 2}" y="{height - 12}" font-size="12" '
+        f'<text x="{(width + pad) / 2}" y="{height - 8}" font-size="12" '
         'text-anchor="middle">forgetting (normalised, → better)</text>'
     )
     parts.append(
@@ -138,6 +144,18 @@ def scatter_svg(data: ReportData, scores: dict[str, dict[str, float]]) -> str:
     def to_px(x: float, y: float) -> tuple[float, float]:
         return (pad + 10 + x * (width - pad - 40), height - pad - 10 - y * (height - pad - 40))
 
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        tx, _ = to_px(tick, 0.0)
+        _, ty = to_px(0.0, tick)
+        bottom, left = height - pad, pad
+        parts.append(
+            f'<line class="tick" x1="{tx:.1f}" y1="{bottom}" x2="{tx:.1f}" y2="{bottom + 5}" '
+            f'stroke="#666"/><text x="{tx:.1f}" y="{bottom + 17}" font-size="10" '
+            f'text-anchor="middle">{tick:g}</text>'
+            f'<line class="tick" x1="{left - 5}" y1="{ty:.1f}" x2="{left}" y2="{ty:.1f}" '
+            f'stroke="#666"/><text x="{left - 8}" y="{ty + 3:.1f}" font-size="10" '
+            f'text-anchor="end">{tick:g}</text>'
+        )
     if not points:
         parts.append(
             f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12">'
@@ -151,17 +169,21 @@ def scatter_svg(data: ReportData, scores: dict[str, dict[str, float]]) -> str:
             f'<polyline class="front" points="{line}" fill="none" stroke="#e15759" '
             'stroke-dasharray="5,3" stroke-width="2"/>'
         )
-    for i, (method, (x, y)) in enumerate(sorted(points.items())):
+    colours = method_colours(data)
+    for method, (x, y) in sorted(points.items()):
         px, py = to_px(x, y)
-        colour = PALETTE[i % len(PALETTE)]
+        colour = colours[method]
         ring = ' stroke="#e15759" stroke-width="3"' if method in front else ""
         parts.append(
             f'<circle cx="{px:.1f}" cy="{py:.1f}" r="6" fill="{colour}"{ring}>'
             f"<title>{escape(method)}: forgetting {x:.2f}, preservation {y:.2f}"
             f"{' (Pareto front)' if method in front else ''}</title></circle>"
         )
+        # Labels near the right edge go to the left of their point, so none is clipped.
+        right = px > width - 90
         parts.append(
-            f'<text x="{px + 9:.1f}" y="{py + 4:.1f}" font-size="11">{escape(method)}</text>'
+            f'<text x="{px - 9 if right else px + 9:.1f}" y="{py + 4:.1f}" font-size="11" '
+            f'text-anchor="{"end" if right else "start"}">{escape(method)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -169,14 +191,14 @@ def scatter_svg(data: ReportData, scores: dict[str, dict[str, float]]) -> str:
 
 def plots_html(data: ReportData) -> str:
     scores = aspect_scores(data)
-    radars = "".join(
-        radar_svg(m, scores.get(m, {}), PALETTE[i % len(PALETTE)])
-        for i, m in enumerate(data.methods)
-    )
+    colours = method_colours(data)
+    radars = "".join(radar_svg(m, scores.get(m, {}), colours[m]) for m in data.methods)
     return (
         f'<div id="radars" class="radars">{radars}</div>'
         f'<div class="scatter">{scatter_svg(data, scores)}</div>'
         '<p class="note">Aspect scores are min–max normalised across the methods of this run '
         "(1 = best here), averaged over each aspect's metrics; they rank methods within a run "
-        "and do not compare across runs.</p>"
+        "and do not compare across runs. The dashed red line is the <b>Pareto front</b>: the "
+        "methods no other method beats on both forgetting and preservation (ringed in red); "
+        "every other method is dominated.</p>"
     )

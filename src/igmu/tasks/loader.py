@@ -14,7 +14,7 @@ from igmu.registry import did_you_mean
 from igmu.tasks.model import PROMPT_SET_KINDS, PromptSet, Task, UnlearningPrompts
 from igmu.tasks.stripping import concept_words_in, strip_concept
 from igmu.taxonomy import load_taxonomy
-from igmu.taxonomy.tree import validate_guidance
+from igmu.taxonomy.tree import merge_guidance, validate_guidance
 
 SCHEMA = "igmu.task/1"
 TOP_LEVEL_FIELDS = {
@@ -167,8 +167,10 @@ def parse_task(text: str, source: str) -> Task:
     words = _require(concept, "words", list, f"{source} (concept)")
     if not words or not all(isinstance(w, str) and w.strip() for w in words):
         raise ConfigError(f"{source}: field 'concept.words' must be a non-empty list of text")
-    guidance = taxonomy.guidance(node_id)
-    guidance.update(validate_guidance(raw.get("guidance"), f"{source} field 'guidance'"))
+    guidance = merge_guidance(
+        taxonomy.guidance(node_id),
+        validate_guidance(raw.get("guidance"), f"{source} field 'guidance'"),
+    )
 
     raw_sets = _require(raw, "prompt_sets", dict, source)
     sets: dict[str, PromptSet] = {}

@@ -25,7 +25,22 @@ GUIDANCE_KEYS: dict[str, type | tuple[type, ...]] = {
     "metrics": list,
     "sensitive_content": bool,
     "bootstrap_resamples": int,
+    # aspect -> metric names in order of preference: the report's one headline per aspect.
+    "headlines": dict,
 }
+ASPECT_NAMES = ("forgetting", "fidelity", "preservation", "alignment", "robustness")
+
+
+def merge_guidance(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``; a mapping (``headlines``) is merged key by key, so a node can
+    change one aspect's headline and inherit the others."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,14 @@ def validate_guidance(guidance: Any, where: str) -> dict[str, Any]:
             )
         if not isinstance(value, GUIDANCE_KEYS[key]):
             raise ConfigError(f"{where}: guidance field {key!r} has the wrong type")
+    for aspect, metrics in (guidance.get("headlines") or {}).items():
+        if aspect not in ASPECT_NAMES:
+            raise ConfigError(
+                f"{where}: guidance field 'headlines.{aspect}' is not an aspect."
+                f"{did_you_mean(str(aspect), list(ASPECT_NAMES))}"
+            )
+        if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+            raise ConfigError(f"{where}: guidance field 'headlines.{aspect}' must list metrics")
     if "reference" in guidance and guidance["reference"] not in REFERENCE_KINDS:
         raise ConfigError(
             f"{where}: guidance field 'reference' must be one of {REFERENCE_KINDS}, "
@@ -89,7 +112,7 @@ class Taxonomy:
     def guidance(self, node_id: str) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         for node in self.path(node_id):
-            merged.update(node.guidance)
+            merged = merge_guidance(merged, node.guidance)
         return merged
 
     def kind(self, node_id: str) -> str:

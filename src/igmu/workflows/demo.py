@@ -151,6 +151,9 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
             rows = list(csv.reader(handle))
         header, combined = rows[0], combined + rows[1:]
         say(f"[{name}] done in {time.perf_counter() - started:.0f} s: {run_dir / 'report.html'}")
+    datas = [load_report_data(out / "runs" / name) for name in options.tasks]
+    html, _ = render_html(datas if len(datas) > 1 else datas[0])
+    (out / "report.html").write_text(html, encoding="utf-8")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
