@@ -8,8 +8,10 @@ import warnings
 
 from igmu import __version__
 from igmu.cli import (
+    data_cmd,
     demo_cmd,
     detect_cmd,
+    detectors_cmd,
     evaluate_cmd,
     generate_cmd,
     miniworld_cmd,
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         unlearn_cmd,
         evaluate_cmd,
         detect_cmd,
+        data_cmd,
+        detectors_cmd,
         report_cmd,
         models_cmd,
         miniworld_cmd,
