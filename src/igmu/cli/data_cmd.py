@@ -81,6 +81,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     imp.add_argument("--out", required=True, type=Path)
     imp.add_argument("--concept", help="class folder holding the concept (label 1)")
     imp.add_argument(
+        "--all-concept-free",
+        action="store_true",
+        help="every image is label 0 (a false-positive audit set); --concept names the concept",
+    )
+    imp.add_argument(
         "--split", default="0.7,0.15,0.15", help="fractions when the source has no split folders"
     )
     imp.add_argument("--seed", type=int, default=0)
@@ -158,6 +163,7 @@ def run_import(args: argparse.Namespace) -> int:
         parse_fractions(args.split),
         args.seed,
         progress=not args.quiet,
+        concept_free=args.all_concept_free,
     )
     card = result.card
     for entry in card["rejected"]:

@@ -4,6 +4,8 @@ Sources: a folder per class (``<class>/<file>``), or per split and class
 (``<split>/<class>/<file>`` with splits train, val/validation, test, as IGMU's training data),
 or a folder written by `igmu data export` (HF or parquet). ``--concept`` names the class folder
 that holds the concept (label 1); every other folder is label 0 and stays its own prompt family.
+With ``concept_free`` every image is label 0 (a set for false-positive audits) and ``--concept``
+only names the concept.
 Every file is decoded: unreadable ones are named and left out; byte-identical duplicates are
 reported (the first copy in path order is kept), and so are duplicates whose labels or splits
 disagree. Images keep their bytes (no re-encoding) and get content-addressed names.
@@ -61,7 +63,7 @@ def _tree(src: Path) -> tuple[list[tuple[str | None, str, Path]], list[dict[str,
     return entries, skipped
 
 
-def _load(src: Path, concept: str | None, progress: bool):
+def _load(src: Path, concept: str | None, concept_free: bool, progress: bool):
     """Candidate rows (bytes, source class, split, label, ...) and rejected files."""
     from igmu.dataset.exchange import exported_format, read_exported
     from igmu.dataset.images import decode_bytes
@@ -85,11 +87,13 @@ def _load(src: Path, concept: str | None, progress: bool):
             f"{src}: give --concept, the class folder of the concept (one of {', '.join(names)})"
         )
     match = [c for c in names if c.lower() == concept.lower()]
-    if not match:
+    if concept_free:
+        match = [None]  # every folder is label 0; --concept only names the concept class
+    elif not match:
         raise ConfigError(
             f"--concept {concept!r}: no such class folder in {src}.{did_you_mean(concept, names)}"
         )
-    classes = D.class_names(match[0])
+    classes = D.class_names(match[0] or concept)
     items = []
     for split, class_name, path in tqdm(entries, desc="import", unit="img", disable=not progress):
         relative = str(path.relative_to(src))
@@ -122,13 +126,14 @@ def import_images(
     fractions: dict[str, float],
     seed: int = 0,
     progress: bool = True,
+    concept_free: bool = False,
 ) -> ImportResult:
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise ConfigError(f"--src {src}: folder does not exist")
     if (out / D.MANIFEST).exists():
         raise ConfigError(f"{out}: already holds a {D.MANIFEST}; choose an empty folder")
-    items, rejected, classes, source_card = _load(src, concept, progress)
+    items, rejected, classes, source_card = _load(src, concept, concept_free, progress)
     if not items:
         raise ConfigError(f"{src}: no readable images")
     for item in items:
@@ -192,14 +197,16 @@ def import_images(
             "counts": D.counts(rows),
             "n_images": len(rows),
             "images": {r["path"]: r["sha256"] for r in sorted(rows, key=lambda r: r["path"])},
-            "rejected": rejected,
+            "rejected": sorted(rejected, key=lambda r: r["path"]),
             "duplicates": duplicates,
             "manifest_sha256": manifest_sha,
         }
     )
     if not source_card:
         card["label_rule"] = (
-            f"label 1 ({classes[1]}): images in class folder {classes[1]!r}; "
+            f"every image label 0 (no {classes[1]}): a concept-free set for false-positive audits"
+            if concept_free
+            else f"label 1 ({classes[1]}): images in class folder {classes[1]!r}; "
             "label 0: every other class folder (kept as the prompt family)"
         )
         card["split_rule"] = (

@@ -34,6 +34,9 @@ class TrainOptions:
     weight_decay: float = 1e-4
     batch_size: int = 64
     patience: int = 20
+    # An epoch counts as better only if it lowers the val loss by more than this; on separable
+    # data the loss keeps shrinking by tiny amounts as logits grow, which is no reason to go on.
+    min_delta: float = 1e-3
     dropout: float = 0.3
     threshold: float = 0.5
     name: str | None = None
@@ -119,7 +122,7 @@ def train_head(
                 val_loss = float(loss_fn(head(x_val).reshape(-1), y_val))
             history.append(round(val_loss, 6))
             bar.set_postfix(val_loss=f"{val_loss:.4f}", refresh=False)
-            if val_loss < best[0]:
+            if val_loss < best[0] - options.min_delta:
                 state = {k: v.detach().clone().contiguous() for k, v in head.state_dict().items()}
                 best = (val_loss, epoch, state)
             elif epoch - best[1] >= options.patience:
@@ -171,7 +174,8 @@ def train_head(
             **{k: v for k, v in asdict(options).items() if k not in ("progress", "name")},
             "loss": "BCEWithLogits on label (1 = concept)",
             "optimiser": "Adam",
-            "early_stopping": "lowest validation loss; stop after `patience` epochs without one",
+            "early_stopping": "keep the epoch with the lowest val loss (improving by more than "
+            "min_delta); stop after `patience` epochs without one",
             "epochs_run": len(history),
             "best_epoch": best[1] + 1,
             "val_loss_history": history,

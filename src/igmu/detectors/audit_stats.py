@@ -84,27 +84,36 @@ def roc_points(labels: Any, scores: Any) -> list[tuple[float, float, float]]:
     return points
 
 
-def reliability(labels: Any, scores: Any, bins: int = 10) -> list[dict[str, Any]]:
-    """Equal-width bins of the score on [0, 1] (a score of 1 falls in the last bin): count, mean
-    score, observed concept frequency with its Wilson interval. Empty bins are left out."""
+def _bins(labels: Any, scores: Any, bins: int) -> list[tuple[int, int, int, float]]:
+    """(bin index, count, concept count, mean score) of each non-empty equal-width bin."""
     y, s = _arrays(labels, scores)
     if s.size and (s.min() < 0 or s.max() > 1):
         raise ValueError("calibration needs scores in [0, 1]")
     edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.searchsorted(edges[1:-1], s, side="right"), 0, bins - 1)
+    index = np.searchsorted(edges[1:-1], s, side="left")
+    counts = np.bincount(index, minlength=bins)
+    positives = np.bincount(index, weights=y, minlength=bins)
+    sums = np.bincount(index, weights=s, minlength=bins)
+    return [
+        (b, int(counts[b]), int(positives[b]), float(sums[b] / counts[b]))
+        for b in range(bins)
+        if counts[b]
+    ]
+
+
+def reliability(labels: Any, scores: Any, bins: int = 10) -> list[dict[str, Any]]:
+    """Equal-width bins of the score on [0, 1], closed on the right as scikit-learn's
+    calibration_curve (0.5 belongs to (0.4, 0.5], 0 to the first bin): count, mean score,
+    observed concept frequency with its Wilson interval. Empty bins are left out."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
     curve = []
-    for b in range(bins):
-        members = index == b
-        n = int(members.sum())
-        if n == 0:
-            continue
-        k = int(y[members].sum())
+    for b, n, k, mean in _bins(labels, scores, bins):
         observed = proportion(k, n)
         curve.append(
             {
                 "bin": [float(edges[b]), float(edges[b + 1])],
                 "n": n,
-                "mean_score": float(s[members].mean()),
+                "mean_score": mean,
                 "observed": observed["value"],
                 "observed_ci": observed["ci"],
             }
@@ -117,8 +126,7 @@ def expected_calibration_error(labels: Any, scores: Any, bins: int = 10) -> floa
     y, _ = _arrays(labels, scores)
     if y.size == 0:
         return None
-    curve = reliability(labels, scores, bins)
-    return float(sum(b["n"] / y.size * abs(b["observed"] - b["mean_score"]) for b in curve))
+    return float(sum(n / y.size * abs(k / n - mean) for _, n, k, mean in _bins(y, scores, bins)))
 
 
 def stratified_bootstrap(
