@@ -172,7 +172,8 @@ def test_evaluate_reports_corrected_rate(chain: dict, tmp_path: Path) -> None:
         corrected = rows[(method, "residual_rate_corrected.clip_head:mycross")]
         expected = rogan_gladen(float(raw["value"]), se["k"] / se["n"], sp["k"] / sp["n"])
         assert float(corrected["value"]) == pytest.approx(expected, abs=1e-9)
-        assert float(corrected["ci_low"]) <= float(corrected["value"]) <= float(corrected["ci_high"])
+        low, high = float(corrected["ci_low"]), float(corrected["ci_high"])
+        assert low <= float(corrected["value"]) <= high
     # the MiniWorld judge has no audit in this store: a raw rate, no corrected one
     assert ("PARTIAL", "residual_rate.mini_judge:shape=cross") in rows
     assert ("PARTIAL", "residual_rate_corrected.mini_judge:shape=cross") not in rows
@@ -217,10 +218,11 @@ def test_import_validates(tmp_path: Path) -> None:
                                                      "train/other/notes.txt"]
     [duplicate] = card["duplicates"]
     assert duplicate["label_conflict"] and duplicate["split_conflict"]
-    assert {duplicate["path"], duplicate["same_as"]} == {"test/other/copy.png",
-                                                        "train/church/c0.png"}
+    # the first copy in path order is kept, the other reported
+    assert (duplicate["path"], duplicate["same_as"]) == ("train/church/c0.png",
+                                                         "test/other/copy.png")
     assert card["classes"] == ["other", "church"]
-    assert card["counts"] == {"test": {"church": 4, "other": 4}, "train": {"church": 4, "other": 4}}
+    assert card["counts"] == {"test": {"church": 4, "other": 5}, "train": {"church": 3, "other": 4}}
 
 
 def test_import_igmu_training_folders(shared_igmu: Path, tmp_path: Path) -> None:
@@ -248,3 +250,95 @@ def test_build_with_the_miniworld_model_resumes(tmp_path: Path, torch_one_thread
     second = build_dataset(task, tmp_path, None, options)
     assert second.generated == 0 and second.cached == 7
     assert (tmp_path / "manifest.jsonl").read_bytes() == manifest
+
+
+class FakeClip:
+    """A 512-d 'CLIP' (a fixed random projection of 8x8 thumbnails): IGMU's head width."""
+
+    embed_dim = 512
+    fingerprint = "fake-clip-512"
+    preprocessing: dict = {}
+
+    class resolved:  # noqa: N801 - mirrors ResolvedModel's fields
+        reference = location = "fake-clip-512"
+        weights_sha256 = "0" * 64
+
+    def image_embeddings(self, images: list) -> np.ndarray:
+        projection = np.random.default_rng(0).normal(size=(8 * 8 * 3, 512))
+        thumbs = [np.asarray(Image.fromarray(i).resize((8, 8)), dtype=np.float64).ravel() / 255
+                  for i in images]
+        return (np.stack(thumbs) @ projection).astype(np.float32)
+
+
+def igmu_head_layout():
+    """IGMU's AdvancedClassifierHead_CLIP as the reference notes describe it (512-d input)."""
+    from torch import nn
+
+    class AdvancedClassifierHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 512),
+                                           nn.Sigmoid())
+            self.classifier = nn.Sequential(
+                nn.LayerNorm(512), nn.Linear(512, 256), nn.ReLU(), nn.Dropout(0.3),
+                nn.Linear(256, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 1))
+
+        def forward(self, x):
+            return self.classifier(x * self.attention(x))
+
+    return AdvancedClassifierHead()
+
+
+@pytest.fixture(scope="module")
+def head_512(chain: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from igmu.dataset.train_head import TrainOptions, train_head
+
+    out = tmp_path_factory.mktemp("head512") / "cross512"
+    train_head(read_dataigm(chain["root"] / "data"), out, FakeClip(),
+               chain["root"] / "ws" / "igmu.sqlite", TrainOptions(progress=False, epochs=5))
+    return out
+
+
+def test_trained_head_has_igmu_layout(head_512: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(head_512 / "head.safetensors"))
+    reference = igmu_head_layout()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    reference.load_state_dict(state)  # strict: same names, same shapes
+    reference.eval()
+    from igmu.detectors.clip_head import ClipHeadDetector
+
+    detector = ClipHeadDetector(FakeClip(), "cross512", str(head_512 / "head.safetensors"), 1, 0.5)
+    x = np.random.default_rng(1).normal(size=(4, 512)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(reference(torch.from_numpy(x))).reshape(-1).numpy()
+    np.testing.assert_allclose(detector.probabilities(x), expected, rtol=1e-6)
+
+
+def test_official_heads_and_ours_load_alike(head_512: Path, shared_igmu: Path) -> None:
+    import torch
+
+    from igmu.detectors.clip_head import ClipHeadDetector
+
+    official = torch.load(shared_igmu / "heads" / "object_church.pth", weights_only=True)
+    from safetensors.torch import load_file
+
+    ours = load_file(str(head_512 / "head.safetensors"))
+    assert {k: tuple(v.shape) for k, v in official.items()} == {
+        k: tuple(v.shape) for k, v in ours.items()}
+    for path in (shared_igmu / "heads" / "object_church.pth", head_512 / "head.safetensors"):
+        ClipHeadDetector(FakeClip(), "h", str(path), 0, 0.5)  # one loader for both
+
+
+def test_trained_folder_usable_by_name_in_detect(chain: dict) -> None:
+    folder = chain["root"] / "det" / "cross"
+    data = read_dataigm(chain["root"] / "data")
+    cross = next(r for r in data.split("test") if r["label"] == 1)
+    other = next(r for r in data.split("test") if r["label"] == 0)
+    result = run_cli("detect", "--detector", f"clip_head:{folder}", cross["abs"], other["abs"])
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["detector"] for line in lines] == ["clip_head:cross"] * 2
+    assert [line["flagged"] for line in lines] == [True, False]
