@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 BUILD_EXAMPLE = """example:
@@ -19,6 +20,17 @@ EXPORT_EXAMPLE = """example:
 """
 
 
+class ExampleFormatter(argparse.HelpFormatter):
+    """Wraps the description; keeps an ``example:`` epilog as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return text
+        return textwrap.fill(
+            " ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent
+        )
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "data",
@@ -28,7 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     sub.required = True
-    formatter = argparse.RawDescriptionHelpFormatter
+    formatter = ExampleFormatter
 
     build = sub.add_parser(
         "build",

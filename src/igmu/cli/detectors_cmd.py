@@ -25,7 +25,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     sub = parser.add_subparsers(dest="detectors_command", metavar="SUBCOMMAND")
     sub.required = True
-    formatter = argparse.RawDescriptionHelpFormatter
+    from igmu.cli.data_cmd import ExampleFormatter
+
+    formatter = ExampleFormatter
 
     train = sub.add_parser(
         "train",
