@@ -323,7 +323,8 @@ def test_official_heads_and_ours_load_alike(head_512: Path, shared_igmu: Path) -
 
     from igmu.detectors.clip_head import ClipHeadDetector
 
-    official = torch.load(shared_igmu / "heads" / "object_church.pth", weights_only=True)
+    official = torch.load(shared_igmu / "heads" / "object_church.pth", map_location="cpu",
+                          weights_only=True)
     from safetensors.torch import load_file
 
     ours = load_file(str(head_512 / "head.safetensors"))

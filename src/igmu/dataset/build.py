@@ -144,14 +144,28 @@ def _groups(task: Task, jobs: list[dict[str, Any]], paired: bool) -> dict[tuple,
 
 
 def _split_of(jobs: list[dict[str, Any]], groups: dict[tuple, tuple], options: BuildOptions):
-    strata: dict[str, list[str]] = {}
+    strata: dict[str, dict[str, str]] = {}
     for job in jobs:
         root = groups[(job["prompt_set"], job["class_index"], job["prompt_index"])]
-        # A group's stratum is its root's family (a pair's root is its forget prompt).
-        strata.setdefault(f"{root[0]}/{root[1]}", []).append(repr(root))
+        # Stratum: the group's label side (a pair's root is its forget prompt); family: the
+        # root's prompt set and class.
+        stratum = "concept" if root[0] == "forget" else "concept_free"
+        strata.setdefault(stratum, {})[repr(root)] = f"{root[0]}/{root[1]}"
     assigned = D.assign_splits(strata, options.fractions, options.seed)
     return lambda job: assigned[
         repr(groups[(job["prompt_set"], job["class_index"], job["prompt_index"])])
+    ]
+
+
+def split_warnings(rows: list[dict[str, Any]], fractions: dict[str, float]) -> list[str]:
+    """Splits asked for that lack a class (too few prompts to go round)."""
+    found = {(r["split"], r["label"]) for r in rows}
+    return [
+        f"split {split!r} has no {'concept' if label else 'concept-free'} images (too few "
+        "prompts for the fractions)"
+        for split in fractions
+        for label in (1, 0)
+        if (split, label) not in found
     ]
 
 
@@ -293,6 +307,9 @@ def build_dataset(
             file=sys.stderr,
         )
     disagreements, summary = cross_check(rows, detectors, options.batch_size, options.progress)
+    warnings = split_warnings(rows, options.fractions)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for row in rows:
         row.pop("abs")
     manifest_sha = D.write_manifest(out, rows)
@@ -314,9 +331,10 @@ def build_dataset(
         "label_rule": rule,
         "prompt_sets": {"concept": positive, "concept_free": negative},
         "split_rule": "by prompt: each prompt (with its stripped partner on attribute tasks, and "
-        "with any prompt of the same text) lies in one split; prompts are shuffled with the seed "
-        "within each prompt family and cut by the fractions (largest remainder)",
-        "split": {"fractions": options.fractions, "seed": options.seed},
+        "with any prompt of the same text) lies in one split; concept and concept-free prompts "
+        "are cut separately by the fractions (largest remainder), after shuffling with the seed "
+        "within each prompt family and interleaving the families",
+        "split": {"fractions": options.fractions, "seed": options.seed, "warnings": warnings},
         "generator": {
             "fingerprints": sorted({j["generator"] for j in jobs}),
             "models": sorted({j["model"] for j in jobs}),

@@ -92,15 +92,29 @@ def _quotas(count: int, fractions: dict[str, float]) -> dict[str, int]:
 
 
 def assign_splits(
-    strata: dict[str, list[str]], fractions: dict[str, float], seed: int
+    strata: dict[str, dict[str, str]], fractions: dict[str, float], seed: int
 ) -> dict[str, str]:
-    """Group key -> split. Groups are shuffled with ``seed`` within each stratum (e.g. a label),
-    then cut by the fractions, so each split gets its share of each stratum."""
+    """Group key -> split. ``strata`` maps a stratum (e.g. a label) to {group key: family}.
+
+    Within a stratum, each family's groups are shuffled with ``seed`` and the families are
+    interleaved (first of each, then second of each, ...) before the list is cut by the
+    fractions: each split gets its share of each stratum and, as far as counts allow, of each
+    family, even when a family has fewer groups than there are splits."""
     rng = np.random.default_rng(seed)
     assigned: dict[str, str] = {}
     for stratum in sorted(strata):
-        keys = sorted(set(strata[stratum]) - set(assigned))
-        order = [keys[i] for i in rng.permutation(len(keys))]
+        members = {k: f for k, f in strata[stratum].items() if k not in assigned}
+        families: dict[str, list[str]] = {}
+        for key in sorted(members):
+            families.setdefault(members[key], []).append(key)
+        names = sorted(families)
+        names = [names[i] for i in rng.permutation(len(names))]
+        ranked = []
+        for family_rank, name in enumerate(names):
+            keys = families[name]
+            for rank, i in enumerate(rng.permutation(len(keys))):
+                ranked.append((rank, family_rank, keys[i]))
+        order = [key for _, _, key in sorted(ranked)]
         start = 0
         for split, quota in _quotas(len(order), fractions).items():
             for key in order[start : start + quota]:

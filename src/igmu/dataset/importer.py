@@ -154,9 +154,9 @@ def import_images(
             )
     unique = list(first.values())
     if any(i["split"] is None for i in unique):
-        strata: dict[str, list[str]] = {}
+        strata: dict[str, dict[str, str]] = {}
         for i in unique:
-            strata.setdefault(i["family"], []).append(i["sha256"])
+            strata.setdefault(str(i["label"]), {})[i["sha256"]] = i["family"]
         assigned = D.assign_splits(strata, fractions, seed)
         for i in unique:
             i["split"] = i["split"] or assigned[i["sha256"]]
@@ -210,8 +210,8 @@ def import_images(
             "label 0: every other class folder (kept as the prompt family)"
         )
         card["split_rule"] = (
-            "the source's split folders when it has them; else by image, "
-            "shuffled with the seed within each class folder"
+            "the source's split folders when it has them; else by image, per label, "
+            "shuffled with the seed within each class folder and interleaving the folders"
         )
         card["split"] = {"fractions": fractions, "seed": seed}
     D.write_datacard(out, card)
