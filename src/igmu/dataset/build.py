@@ -332,8 +332,8 @@ def build_dataset(
         "prompt_sets": {"concept": positive, "concept_free": negative},
         "split_rule": "by prompt: each prompt (with its stripped partner on attribute tasks, and "
         "with any prompt of the same text) lies in one split; concept and concept-free prompts "
-        "are cut separately by the fractions (largest remainder), after shuffling with the seed "
-        "within each prompt family and interleaving the families",
+        "are cut separately by the fractions (largest remainder), each prompt family getting "
+        "its own share as far as counts allow; prompts shuffled with the seed within a family",
         "split": {"fractions": options.fractions, "seed": options.seed, "warnings": warnings},
         "generator": {
             "fingerprints": sorted({j["generator"] for j in jobs}),

@@ -96,30 +96,49 @@ def assign_splits(
 ) -> dict[str, str]:
     """Group key -> split. ``strata`` maps a stratum (e.g. a label) to {group key: family}.
 
-    Within a stratum, each family's groups are shuffled with ``seed`` and the families are
-    interleaved (first of each, then second of each, ...) before the list is cut by the
-    fractions: each split gets its share of each stratum and, as far as counts allow, of each
-    family, even when a family has fewer groups than there are splits."""
+    Each stratum is cut by the fractions (largest remainder), and each family gets its own
+    share of every split as far as counts allow: a family's floor(n * fraction) groups first,
+    then the stratum's remaining places go to the largest remainders across families (ties in
+    a seeded order). Groups are shuffled with ``seed`` within each family."""
     rng = np.random.default_rng(seed)
+    splits = list(fractions)
     assigned: dict[str, str] = {}
     for stratum in sorted(strata):
         members = {k: f for k, f in strata[stratum].items() if k not in assigned}
         families: dict[str, list[str]] = {}
         for key in sorted(members):
             families.setdefault(members[key], []).append(key)
-        names = sorted(families)
-        names = [names[i] for i in rng.permutation(len(names))]
-        ranked = []
-        for family_rank, name in enumerate(names):
-            keys = families[name]
-            for rank, i in enumerate(rng.permutation(len(keys))):
-                ranked.append((rank, family_rank, keys[i]))
-        order = [key for _, _, key in sorted(ranked)]
-        start = 0
-        for split, quota in _quotas(len(order), fractions).items():
-            for key in order[start : start + quota]:
-                assigned[key] = split
-            start += quota
+        quotas = _quotas(len(members), fractions)
+        take = {
+            f: {s: int(np.floor(len(k) * fractions[s])) for s in splits}
+            for f, k in families.items()
+        }
+        left = {f: len(k) - sum(take[f].values()) for f, k in families.items()}
+        room = {s: quotas[s] - sum(take[f][s] for f in families) for s in splits}
+        tiebreak = rng.permutation(len(families) * len(splits))
+        pairs = sorted(
+            (
+                (len(families[f]) * fractions[s] - take[f][s], t, f, s)
+                for t, (f, s) in zip(
+                    tiebreak, [(f, s) for f in sorted(families) for s in splits], strict=True
+                )
+            ),
+            key=lambda p: (-p[0], p[1]),
+        )
+        for _ in range(2):  # by remainder, then anything left wherever there is room
+            for _, _, family, split in pairs:
+                if left[family] > 0 and room[split] > 0:
+                    take[family][split] += 1
+                    left[family] -= 1
+                    room[split] -= 1
+        for family in sorted(families):
+            keys = families[family]
+            order = [keys[i] for i in rng.permutation(len(keys))]
+            start = 0
+            for split in splits:
+                for key in order[start : start + take[family][split]]:
+                    assigned[key] = split
+                start += take[family][split]
     return assigned
 
 

@@ -210,8 +210,8 @@ def import_images(
             "label 0: every other class folder (kept as the prompt family)"
         )
         card["split_rule"] = (
-            "the source's split folders when it has them; else by image, per label, "
-            "shuffled with the seed within each class folder and interleaving the folders"
+            "the source's split folders when it has them; else by image, per label, each "
+            "class folder getting its share; images shuffled with the seed within a folder"
         )
         card["split"] = {"fractions": fractions, "seed": seed}
     D.write_datacard(out, card)
