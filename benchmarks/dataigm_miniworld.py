@@ -55,7 +55,8 @@ def partial_manifest(root: Path, task_name: str, target: str, keep: float, seeds
     for j, prompt in enumerate(prompts):
         for s in range(seeds):
             for method in ("ORG", "PARTIAL"):
-                erase = method == "PARTIAL" and zlib.crc32(f"{j}-{s}".encode()) % 1000 >= keep * 1000
+                kept = zlib.crc32(f"{j}-{s}".encode()) % 1000 < keep * 1000
+                erase = method == "PARTIAL" and not kept
                 path = root / method / f"{j}_{s}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(oracle_image(prompt, 1000 + s, without=target if erase else None)
@@ -65,6 +66,16 @@ def partial_manifest(root: Path, task_name: str, target: str, keep: float, seeds
                              "path": str(path.relative_to(root))})
                 if method == "PARTIAL":
                     present.append(not erase)
+    task = load_task(task_name)
+    if task.reference == "stripped":  # attribute tasks pair with ORG on the stripped prompts
+        for j, prompt in enumerate(task.prompt_set("stripped").classes[0][1]):
+            for s in range(seeds):
+                path = root / "ORG-stripped" / f"{j}_{s}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(oracle_image(prompt, 1000 + s)).save(path)
+                rows.append({"method": "ORG", "prompt_set": "stripped", "class_name": class_name,
+                             "prompt_index": j, "seed": 1000 + s, "prompt": prompt,
+                             "path": str(path.relative_to(root))})
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return float(np.mean(present))
 
