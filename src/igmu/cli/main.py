@@ -9,8 +9,10 @@ import warnings
 from igmu import __version__
 from igmu.cli import (
     compare_cmd,
+    data_cmd,
     demo_cmd,
     detect_cmd,
+    detectors_cmd,
     evaluate_cmd,
     generate_cmd,
     miniworld_cmd,
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate_cmd,
         compare_cmd,
         detect_cmd,
+        data_cmd,
+        detectors_cmd,
         report_cmd,
         models_cmd,
         miniworld_cmd,

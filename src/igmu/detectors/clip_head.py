@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ from igmu.backbones.clip import ClipBackbone
 from igmu.backbones.config import ModelsConfig
 from igmu.backbones.weights import load_state_dict, sha256_of
 from igmu.detectors.base import DETECTORS, Verdict, detector_settings
+from igmu.detectors.head_card import HEAD_FILE, card_backbone, is_head_folder, read_card
 from igmu.errors import ConfigError, ModelNotFoundError
 from igmu.registry import did_you_mean
 
@@ -87,6 +89,7 @@ class ClipHeadDetector:
         self._torch = torch
         self.head_sha256 = sha256_of(head_path)
         self.model_fingerprint = f"{backbone.fingerprint}+head:{self.head_sha256[:16]}"
+        self.trained: dict[str, Any] | None = None  # set for heads from `igmu detectors train`
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """P(class index 1) per row, as the official predict() computes it."""
@@ -115,6 +118,7 @@ class ClipHeadDetector:
             "concept_index": self.concept_index,
             "threshold": self.threshold,
             "score": "P(concept) from sigmoid of the head logit; flagged when > threshold",
+            **({"trained": self.trained} if self.trained else {}),
         }
 
 
@@ -150,12 +154,33 @@ def resolve_head(models: ModelsConfig, head_name: str) -> tuple[str, int]:
 def build_clip_head(models: ModelsConfig, variant: str | None, overrides: dict[str, Any]):
     if not variant:
         raise ConfigError(
-            "detector 'clip_head' needs a head name, e.g. clip_head:nudity "
-            f"(official heads: {', '.join(KNOWN_HEADS)})"
+            "detector 'clip_head' needs a head name or a folder from `igmu detectors train`, "
+            f"e.g. clip_head:nudity (official heads: {', '.join(KNOWN_HEADS)})"
         )
     overrides = dict(overrides)
     device = overrides.pop("device", "cpu")
-    backbone = overrides.pop("backbone", None)  # igmu's Providers share one loaded CLIP
+    # igmu's Providers share one loaded CLIP (the models file's clip_detector)
+    backbone = overrides.pop("backbone", None)
+    folder = _trained_folder(models, variant)
+    if folder is not None:
+        # A folder from `igmu detectors train`: its card fixes class order, CLIP and threshold.
+        card = read_card(folder)
+        settings = detector_settings(models, "clip_head", {"threshold": card["threshold"]})
+        settings.update(overrides)
+        name = card["name"] if is_head_folder(variant) else variant
+        detector = ClipHeadDetector(
+            card_backbone(card, folder, device),
+            name,
+            str(Path(folder) / HEAD_FILE),
+            int(card["concept_index"]),
+            settings["threshold"],
+        )
+        detector.trained = {
+            "folder": str(Path(folder).resolve()),
+            "classes": card["classes"],
+            "data_manifest_sha256": (card.get("data") or {}).get("manifest_sha256"),
+        }
+        return detector
     settings = detector_settings(models, "clip_head", {"threshold": 0.5})
     settings.update(overrides)
     path, concept_index = resolve_head(models, variant)
@@ -164,3 +189,13 @@ def build_clip_head(models: ModelsConfig, variant: str | None, overrides: dict[s
             models.get("clip_detector"), "CLIP for detector heads", "clip_detector", device
         )
     return ClipHeadDetector(backbone, variant, path, concept_index, settings["threshold"])
+
+
+def _trained_folder(models: ModelsConfig, variant: str) -> str | None:
+    """``clip_head:<folder>`` or ``heads: {variant: <folder>}`` naming a trained-head folder."""
+    if is_head_folder(variant):
+        return variant
+    entry = models.get("heads").get(variant)
+    if isinstance(entry, dict):
+        entry = entry.get("path")
+    return entry if is_head_folder(entry) else None

@@ -75,6 +75,7 @@ METRICS: Registry[MetricFactory] = Registry("metric")
 def load_all() -> None:
     from igmu.metrics import (  # noqa: F401
         clip_score,
+        corrected_residual_rate,
         csdr,
         fid,
         fid_world,
