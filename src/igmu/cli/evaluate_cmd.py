@@ -166,3 +166,7 @@ def print_summary(run_dir: Path) -> None:
     print_table(data.aggregates)
     for cause, items in grouped_warnings(data).items():
         print(f"warning: {cause}: {', '.join(items)}")
+    for item in data.run_file.get("not_computed", []):
+        print(f"not computed: {item['metric']} (it needs {item['needs']})")
+    for note in data.run_file.get("metric_notes", []):
+        print(f"note: {note}")

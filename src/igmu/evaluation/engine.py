@@ -82,6 +82,7 @@ class _Context:
     ):
         self.task, self.paired, self.resamples, self.seed = task, paired, resamples, seed
         self._x = executor
+        self.store_path = executor.store.path  # the workspace store (audits, caches)
 
     def sha(self, record: ImageRecord) -> str:
         return self._x.sha[record.path]
@@ -154,7 +155,18 @@ def evaluate(
     check_device(options.device)
     providers = Providers(models, task, options.detectors, options.device)
     metric_names = select_metrics(task, options.metrics)
-    metrics = [m for name in metric_names for m in METRICS.get(name)(task, providers, paired)]
+    metrics, not_computed = [], []
+    for name in metric_names:
+        built = METRICS.get(name)(task, providers, paired)
+        if not built:
+            needs = getattr(METRICS.get(name), "requires", "inputs it can score")
+            if options.metrics is not None:  # asked for by name: never an absent row
+                raise ConfigError(
+                    f"--metrics {name}: does not apply to task {task.name!r} with these images; "
+                    f"it needs {needs}"
+                )
+            not_computed.append({"metric": name, "needs": needs})
+        metrics.extend(built)
     resamples = int(task.guidance.get("bootstrap_resamples", 1000))
 
     store_path = options.store_path or run_dir.parent / "igmu.sqlite"
@@ -169,8 +181,13 @@ def evaluate(
         all_records = paired.all_records()
         ctx = _Context(task, paired, executor, resamples, options.bootstrap_seed)
         results: list[MetricResult] = []
+        notes: list[str] = []
+        audits: dict[str, Any] = {}
         for metric in metrics:
             results.extend(metric.compute(ctx))
+            notes += getattr(metric, "notes", [])  # why a metric gave no row for some method
+            if getattr(metric, "audit", None):
+                audits[metric.name] = metric.audit
         fingerprints = {
             "evaluators": providers.describe(),
             "packages": package_versions(),
@@ -220,7 +237,8 @@ def evaluate(
             _stored_samples(results, executor),
             aggregates,
         )
-        write_exports(run_dir, task, run_id, store, spec, fingerprints, paired.left_out)
+        extra = {"not_computed": not_computed, "metric_notes": notes, "audits": audits}
+        write_exports(run_dir, task, run_id, store, spec, fingerprints, paired.left_out, extra)
     finally:
         store.close()
     return EvaluationResult(

@@ -68,7 +68,10 @@ def write_exports(
     spec: dict,
     fingerprints: dict,
     left_out: list[str],
+    extra: dict[str, Any] | None = None,
 ) -> None:
+    """``extra``: what the run learnt besides scores (metrics the task's defaults could not
+    compute and why, metric notes, the judge audits used); in run.json, not in the run id."""
     aggregates = store.aggregates(run_id)
     order = method_order(sorted({a.method for a in aggregates}), spec["reference_method"])
     aggregates.sort(key=lambda a: (order.index(a.method), ASPECTS.index(a.aspect), a.metric))
@@ -117,5 +120,6 @@ def write_exports(
         "left_out": left_out,
         "warnings": warnings,
         "catigmu": {"node": task.node, "kind": task.kind, "guidance": task.guidance},
+        **(extra or {}),
     }
     _atomic_write(run_dir / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str))

@@ -34,9 +34,17 @@ class Providers:
         return self._built[key]
 
     def concept_detectors(self) -> list[Any]:
-        return [
+        detectors = [
             self._once(f"detector:{n}", lambda n=n: self._detector(n)) for n in self.detector_names
         ]
+        names = [d.name for d in detectors]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # their metrics would share one name
+            raise ConfigError(
+                f"--detectors: two detectors are both named {', '.join(map(repr, twice))} "
+                f"({', '.join(self.detector_names)}); keep one"
+            )
+        return detectors
 
     def _detector(self, name: str) -> Any:
         if name == "clip_head":

@@ -72,6 +72,22 @@ MetricFactory = Callable[[Any, Any, Any], list[Metric]]
 METRICS: Registry[MetricFactory] = Registry("metric")
 
 
+def requires(text: str) -> Callable[[MetricFactory], MetricFactory]:
+    """What a task and its images must have for the metric to apply; said when it does not."""
+
+    def mark(factory: MetricFactory) -> MetricFactory:
+        factory.requires = text  # type: ignore[attr-defined]
+        return factory
+
+    return mark
+
+
+REFERENCE_PAIRS = (
+    "ORG's images with the same keys: on the concept-stripped prompts for attribute tasks "
+    "(IGMU layout remove_word/ORG), on the unrelated prompts for entity tasks"
+)
+
+
 def load_all() -> None:
     from igmu.metrics import (  # noqa: F401
         clip_score,
@@ -95,7 +111,7 @@ def prompt_of(record: ImageRecord) -> str:
 
 def small_sample_warning(prompts: int) -> str:
     return (
-        f"{prompts} prompt(s) < {SMALL_SAMPLE}: the interval is wide; treat as indicative"
+        f"{prompts} prompt(s) < {SMALL_SAMPLE}: the interval is wide, treat as indicative"
         if prompts < SMALL_SAMPLE
         else ""
     )

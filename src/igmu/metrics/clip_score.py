@@ -10,7 +10,15 @@ from dataclasses import replace
 from typing import Any
 
 from igmu.metrics import functional as F
-from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, TextNeed, mean_result
+from igmu.metrics.base import (
+    METRICS,
+    ImageNeed,
+    MetricResult,
+    Sample,
+    TextNeed,
+    mean_result,
+    requires,
+)
 from igmu.metrics.fid import primary_set
 
 
@@ -77,6 +85,9 @@ class ClipScore:
 
 
 @METRICS.register("clip_score")
+@requires(
+    "images on the task's main prompt set (forget for attribute tasks, unrelated for entity tasks)"
+)
 def build(task: Any, providers: Any, paired: Any) -> list[ClipScore]:
     prompt_set = primary_set(task)
     if not any(paired.has(m, prompt_set) for m in paired.methods):

@@ -26,8 +26,12 @@ from igmu.metrics.base import (
     MetricResult,
     Sample,
     detector_needs,
+    make_result,
+    prompt_of,
+    requires,
     small_sample_warning,
 )
+from igmu.metrics.clustered import cluster_rate_interval
 from igmu.metrics.residual_rate import SETS
 
 DRAWS = 4000
@@ -36,13 +40,9 @@ DRAWS = 4000
 def store_path_of(ctx: Any) -> Path | None:
     """The workspace store of this evaluation.
 
-    Uses ``ctx.store_path`` when the evaluation context offers it; until then, the executor's
-    store (a private attribute of ``igmu.evaluation.engine._Context``).
+    (The engine's context names it; a context without a store has no audits.)
     """
     path = getattr(ctx, "store_path", None)
-    if path is None:
-        store = getattr(getattr(ctx, "_x", None), "store", None)
-        path = getattr(store, "path", None)
     return Path(path) if path is not None else None
 
 
@@ -109,8 +109,12 @@ class CorrectedResidualRate:
                 continue
             flags = [float(ctx.verdict(self.detector, rec).flagged) for rec in records]
             k, n = int(sum(flags)), len(flags)
+            # The raw rate's uncertainty with the prompt as the unit: its effective sample size.
+            clusters = [prompt_of(rec) for rec in records]
+            effective, _, _ = cluster_rate_interval(flags, clusters)
             point, (low, high), useless = rogan_gladen_interval(
-                k, n, se["k"], se["n"], sp["k"], sp["n"], DRAWS, ctx.seed
+                k / n * effective, effective, se["k"], se["n"], sp["k"], sp["n"], DRAWS,
+                ctx.seed,
             )
             if point is None:
                 self.notes.append(
@@ -120,27 +124,19 @@ class CorrectedResidualRate:
                 continue
             extra = {"audit_id": audit["audit_id"], "raw_rate": k / n}
             samples = [Sample(method, rec, f, extra) for rec, f in zip(records, flags, strict=True)]
-            warnings = [small_sample_warning(n), note]
+            prompts = len(set(clusters))
+            warnings = [small_sample_warning(prompts), note]
             if useless > 0.01:
                 warnings.append(f"{useless:.0%} of bootstrap draws had Se + Sp <= 1")
-            results.append(
-                MetricResult(
-                    self.name,
-                    self.aspect,
-                    False,
-                    method,
-                    point,
-                    low,
-                    high,
-                    n,
-                    samples,
-                    warning="; ".join(w for w in warnings if w),
-                )
-            )
+            results.append(make_result(
+                self, method, point, low, high, n, prompts, samples,
+                "; ".join(w for w in warnings if w),
+            ))
         return results
 
 
 @METRICS.register("residual_rate_corrected")
+@requires("images on the forget, multilingual or paraphrase prompts")
 def build(task: Any, providers: Any, paired: Any) -> list[CorrectedResidualRate]:
     return [
         CorrectedResidualRate(detector, prompt_set)

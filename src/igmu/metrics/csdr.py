@@ -12,6 +12,7 @@ from typing import Any
 from igmu.metrics import functional as F
 from igmu.metrics.base import (
     METRICS,
+    REFERENCE_PAIRS,
     ImageNeed,
     MetricResult,
     Sample,
@@ -19,6 +20,7 @@ from igmu.metrics.base import (
     mean_result,
     metric_name,
     reference_pairs,
+    requires,
 )
 from igmu.metrics.clip_score import image_text_score, scored_text
 from igmu.metrics.fid import primary_set
@@ -73,6 +75,7 @@ class Csdr:
 
 
 @METRICS.register("csdr")
+@requires(REFERENCE_PAIRS)
 def build(task: Any, providers: Any, paired: Any) -> list[Csdr]:
     prompt_set = primary_set(task)
     if not any(reference_pairs(paired, task, prompt_set, m) for m in paired.methods):

@@ -17,6 +17,7 @@ from igmu.metrics import functional as F
 from igmu.metrics.base import (
     FID_SMALL_SAMPLE,
     METRICS,
+    REFERENCE_PAIRS,
     ImageNeed,
     MetricResult,
     Sample,
@@ -24,6 +25,7 @@ from igmu.metrics.base import (
     metric_name,
     prompt_of,
     reference_pairs,
+    requires,
 )
 
 
@@ -94,6 +96,7 @@ def primary_set(task: Any) -> str:
 
 
 @METRICS.register("fid")
+@requires(REFERENCE_PAIRS)
 def build(task: Any, providers: Any, paired: Any) -> list[Fid]:
     prompt_set = primary_set(task)
     if not any(reference_pairs(paired, task, prompt_set, m) for m in paired.methods):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from igmu.errors import ConfigError
-from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample
+from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, requires
 from igmu.metrics.fid import frechet_result
 
 PROMPT_SET = "unrelated"
@@ -76,6 +76,7 @@ class FidWorld:
 
 
 @METRICS.register("fid_world")
+@requires("at least 2 images per method on the unrelated prompts of a MiniWorld task")
 def build(task: Any, providers: Any, paired: Any) -> list[FidWorld]:
     if not any(len(paired.records(m, PROMPT_SET)) >= 2 for m in paired.methods):
         return []

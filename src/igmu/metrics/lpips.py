@@ -10,6 +10,7 @@ from typing import Any
 
 from igmu.metrics.base import (
     METRICS,
+    REFERENCE_PAIRS,
     MetricResult,
     PairNeed,
     Sample,
@@ -17,6 +18,7 @@ from igmu.metrics.base import (
     metric_name,
     paired_aspect,
     reference_pairs,
+    requires,
 )
 from igmu.metrics.fid import primary_set
 
@@ -60,6 +62,7 @@ class Lpips:
 
 
 @METRICS.register("lpips")
+@requires(REFERENCE_PAIRS)
 def build(task: Any, providers: Any, paired: Any) -> list[Lpips]:
     prompt_set = primary_set(task)
     if not any(reference_pairs(paired, task, prompt_set, m) for m in paired.methods):

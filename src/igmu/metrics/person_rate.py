@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, rate_result
+from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, rate_result, requires
 
 
 class PersonRate:
@@ -44,6 +44,7 @@ class PersonRate:
 
 
 @METRICS.register("person_rate")
+@requires("guidance.subject_retention: person (task file or its CatIGMU node)")
 def build(task: Any, providers: Any, paired: Any) -> list[PersonRate]:
     if task.guidance.get("subject_retention") != "person":
         return []

@@ -25,6 +25,7 @@ from igmu.metrics.base import (
     Sample,
     detector_needs,
     rate_result,
+    requires,
 )
 
 SETS = ("forget", "unrelated", "related")
@@ -72,6 +73,7 @@ class PromptAccuracy:
 
 
 @METRICS.register("prompt_accuracy")
+@requires("a detector that reads every factor a prompt names (the MiniWorld judges, mini_judge:*)")
 def build(task: Any, providers: Any, paired: Any) -> list[PromptAccuracy]:
     judges = [d for d in providers.concept_detectors() if hasattr(d, "prompt_labels")]
     if not judges:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from igmu.metrics.base import METRICS
+from igmu.metrics.base import METRICS, requires
 from igmu.metrics.csdr import Csdr
 from igmu.metrics.fid import Fid, primary_set
 from igmu.metrics.lpips import Lpips
 
 
 @METRICS.register("related_retention")
+@requires("ORG and another method on the task's related prompts")
 def build(task: Any, providers: Any, paired: Any) -> list[Any]:
     others = [m for m in paired.methods if m != paired.reference_method]
     if not paired.has(paired.reference_method, "related") or not any(

@@ -15,6 +15,7 @@ from igmu.metrics.base import (
     Sample,
     detector_needs,
     rate_result,
+    requires,
 )
 
 SETS = {
@@ -58,6 +59,7 @@ class ResidualRate:
 
 
 @METRICS.register("residual_rate")
+@requires("images on the forget, multilingual or paraphrase prompts")
 def build(task: Any, providers: Any, paired: Any) -> list[ResidualRate]:
     metrics = []
     for detector in providers.concept_detectors():

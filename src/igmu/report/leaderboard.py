@@ -109,7 +109,9 @@ def html_table(data: ReportData, prefix: str = "") -> str:
             f'better">{escape(m)} {arrow(h)}</th>'
             for i, (m, h) in enumerate(columns)
         )
-        best = {m: best_methods(data, m, h) for m, h in columns}
+        # No star where the metric cannot inform a comparison at this size.
+        best = {m: set() if uninformative(data, m) else best_methods(data, m, h)
+                for m, h in columns}
         rows = []
         for method in data.methods:
             cells = [f'<th scope="row">{escape(method)}</th>']

@@ -54,30 +54,31 @@ def aspect_scores(data: ReportData) -> dict[str, dict[str, float]]:
     }
 
 
-def radar_svg(method: str, scores: dict[str, float], colour: str, size: int = 300) -> str:
-    # Labels sit outside the rings; the margin fits the longest ("preservation (n/a)").
-    centre, radius = size / 2, size / 2 - 95
+def radar_svg(method: str, scores: dict[str, float], colour: str) -> str:
+    # The label margins fit the longest label ("preservation (n/a)") on every side.
+    width, height, radius = 320, 220, 80
+    cx, cy = width / 2, 122
     axes = list(ASPECTS)
     parts = [
-        f'<svg class="radar" xmlns="http://www.w3.org/2000/svg" width="{size}" '
-        f'height="{size}" viewBox="0 0 {size} {size}" role="img" '
+        f'<svg class="radar" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="aspect radar for {escape(method)}">'
     ]
     for ring in (0.25, 0.5, 0.75, 1.0):
-        points = " ".join(_polar(centre, radius * ring, i, len(axes)) for i in range(len(axes)))
+        points = " ".join(_polar(cx, cy, radius * ring, i, len(axes)) for i in range(len(axes)))
         parts.append(f'<polygon points="{points}" fill="none" stroke="#ccc" stroke-width="1"/>')
     for i, aspect in enumerate(axes):
-        x, y = _xy(centre, radius, i, len(axes))
-        lx, ly = _xy(centre, radius + 16, i, len(axes))
-        parts.append(f'<line x1="{centre}" y1="{centre}" x2="{x:.1f}" y2="{y:.1f}" stroke="#ccc"/>')
+        x, y = _xy(cx, cy, radius, i, len(axes))
+        lx, ly = _xy(cx, cy, radius + 14, i, len(axes))
+        parts.append(f'<line x1="{cx}" y1="{cy}" x2="{x:.1f}" y2="{y:.1f}" stroke="#ccc"/>')
         label = aspect if aspect in scores else f"{aspect} (n/a)"
-        anchor = "middle" if abs(lx - centre) < 5 else ("start" if lx > centre else "end")
+        anchor = "middle" if abs(lx - cx) < 5 else ("start" if lx > cx else "end")
         parts.append(
             f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="10" text-anchor="{anchor}" '
             f'dominant-baseline="middle">{escape(label)}</text>'
         )
     points = " ".join(
-        _polar(centre, radius * scores.get(aspect, 0.0), i, len(axes))
+        _polar(cx, cy, radius * scores.get(aspect, 0.0), i, len(axes))
         for i, aspect in enumerate(axes)
     )
     parts.append(
@@ -85,19 +86,19 @@ def radar_svg(method: str, scores: dict[str, float], colour: str, size: int = 30
         f'stroke="{colour}" stroke-width="2"/>'
     )
     parts.append(
-        f'<text x="{centre}" y="14" font-size="13" font-weight="bold" '
+        f'<text x="{cx}" y="14" font-size="13" font-weight="bold" '
         f'text-anchor="middle">{escape(method)}</text></svg>'
     )
     return "".join(parts)
 
 
-def _xy(centre: float, r: float, i: int, n: int) -> tuple[float, float]:
+def _xy(cx: float, cy: float, r: float, i: int, n: int) -> tuple[float, float]:
     angle = -math.pi / 2 + 2 * math.pi * i / n
-    return centre + r * math.cos(angle), centre + r * math.sin(angle)
+    return cx + r * math.cos(angle), cy + r * math.sin(angle)
 
 
-def _polar(centre: float, r: float, i: int, n: int) -> str:
-    x, y = _xy(centre, r, i, n)
+def _polar(cx: float, cy: float, r: float, i: int, n: int) -> str:
+    x, y = _xy(cx, cy, r, i, n)
     return f"{x:.1f},{y:.1f}"
 
 
