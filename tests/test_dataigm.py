@@ -174,9 +174,18 @@ def test_evaluate_reports_corrected_rate(chain: dict, tmp_path: Path) -> None:
         assert float(corrected["value"]) == pytest.approx(expected, abs=1e-9)
         low, high = float(corrected["ci_low"]), float(corrected["ci_high"])
         assert low <= float(corrected["value"]) <= high
-    # the MiniWorld judge has no audit in this store: a raw rate, no corrected one
+    # the MiniWorld judge has no audit in this store: a raw rate, no corrected one, and why
     assert ("PARTIAL", "residual_rate.mini_judge:shape=cross") in rows
     assert ("PARTIAL", "residual_rate_corrected.mini_judge:shape=cross") not in rows
+    run = read_json(out / "run.json")
+    assert any("no audit of detector mini_judge" in n for n in run["metric_notes"])
+    used = run["audits"]["residual_rate_corrected.clip_head:mycross"]
+    assert used["audit_id"] == audit["audit_id"] and used["sensitivity"]["n"] == se["n"]
+    # the report shows the judge's audited error beside the rates it produced
+    run_cli("report", out)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    section = html.split('id="sec-audits"')[1].split("</section>")[0]
+    assert audit["audit_id"][:16] in section and f"({se['k']}/{se['n']})" in section
 
 
 def test_export_round_trip(chain: dict, tmp_path: Path) -> None:

@@ -101,17 +101,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _models_for(data_card: dict, models_path: Path | None):
-    """The models file, else the MiniWorld's for MiniWorld data, else the defaults."""
+    """The models file, else the models of the data's task (the MiniWorld's for its tasks)."""
     from igmu.backbones.config import load_models_config
+    from igmu.errors import ConfigError
+    from igmu.tasks import load_task
 
-    if models_path:
-        return load_models_config(models_path)
-    task = (data_card.get("task") or {}).get("name", "")
-    if str(task).startswith("mini_"):
-        from igmu.dataset.build import miniworld_models
-
-        return miniworld_models()
-    return load_models_config(None)
+    name = (data_card.get("task") or {}).get("name")
+    try:
+        task = load_task(name) if name else None
+    except ConfigError:  # a task file that is not at hand: its world is unknown
+        task = None
+    return load_models_config(models_path, task)
 
 
 def run_train(args: argparse.Namespace) -> int:

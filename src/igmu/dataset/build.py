@@ -78,22 +78,6 @@ def prompt_design(task: Task) -> tuple[list[str], list[str], str]:
     return ["forget"], negative, rule
 
 
-def miniworld_models(folder: Path | None = None) -> ModelsConfig:
-    """The models file of the MiniWorld demo (shipped text-to-image model, CLIP and judges),
-    written into ``folder`` (kept as the build's record) or a temporary folder."""
-    import tempfile
-
-    from igmu.miniworld.demo import DemoOptions, shipped_models, write_models_file
-
-    t2i, clip = shipped_models()
-    if folder is not None:
-        path = write_models_file(folder / "models.yaml", t2i, clip, {}, DemoOptions())
-        return load_models_config(path)
-    with tempfile.TemporaryDirectory(prefix="igmu-models-") as tmp:
-        path = write_models_file(Path(tmp) / "models.yaml", t2i, clip, {}, DemoOptions())
-        return load_models_config(path)
-
-
 class OracleGenerator:
     """The MiniWorld renderer as a text-to-image model: each caption drawn exactly."""
 
@@ -238,13 +222,13 @@ def build_dataset(
     options = options or BuildOptions()
     out = Path(out)
     positive, negative, rule = prompt_design(task)
-    is_mini = task.name.startswith("mini_")
+    is_mini = task.world == "miniworld"
     if options.oracle and not is_mini:
         raise ConfigError(
             f"--oracle draws MiniWorld captions; task {task.name!r} is not a mini task"
         )
     if models is None:
-        models = miniworld_models(out / ".igmu") if is_mini else load_models_config(None)
+        models = load_models_config(None, task)  # a MiniWorld task: the world's own models
     if options.oracle:
         models = ModelsConfig(
             {**models.values, "generator": {**models.get("generator"), "model": ORACLE_MODEL}},

@@ -75,7 +75,7 @@ def _verdicts(data: ReportData) -> dict[str, list[tuple[str, bool, float | None]
 def figure(bank: ImageBank, path: str, caption: str, verdicts: list, css: str) -> str:
     image_id = bank.image_id(path)
     lines = []
-    for name, flagged, score in sorted(verdicts):
+    for name, flagged, score in sorted(verdicts, key=lambda v: (v[0], v[1])):
         state = "flagged" if flagged else "clear"
         shown = "" if score is None else f" {score:.2f}"
         lines.append(f'<span class="verdict-tag {state}">{escape(name)}:{shown} {state}</span>')

@@ -11,6 +11,7 @@ from igmu.report.data import ReportData
 from igmu.report.images import ImageBank, failures_html, grids_html
 from igmu.report.leaderboard import html_table, warnings_html
 from igmu.report.plots import plots_html
+from igmu.report.sections import audits_html
 from igmu.report.verdict import build_verdict
 from igmu.report.verdict_render import verdict_html
 
@@ -171,8 +172,10 @@ def _run_body(data: ReportData, bank: ImageBank, blur: bool, prefix: str, max_ro
         ("plots", "Trade-offs", plots_html(data)),
         ("grids", "Image grids", grids),
         ("failures", "Failure browser", failures),
+        ("audits", "Judges' audits", audits_html(data)),
         ("provenance", "Provenance", provenance_html(data)),
     ]
+    sections = [(key, title, html) for key, title, html in sections if html]
     nav = "".join(f'<a href="#{prefix}sec-{key}">{escape(title)}</a>' for key, title, _ in sections)
     body = "".join(
         f'<section id="{prefix}sec-{key}"><h2>{escape(title)}</h2>{html}</section>'
