@@ -12,6 +12,7 @@ import yaml
 from igmu.constants import ORG
 from igmu.errors import ConfigError
 from igmu.registry import did_you_mean
+from igmu.yamlio import load_yaml
 
 DEFAULTS: dict[str, Any] = {
     # CLIP whose projected image embedding feeds the IGMU detector heads (512-d).
@@ -128,7 +129,7 @@ def load_models_config(path: str | Path | None, task: Any = None) -> ModelsConfi
     if not path.is_file():
         raise ConfigError(f"--models {path}: file does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -6,10 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from igmu.backbones.config import load_models_config
 from igmu.cli.options import add_threads, apply_threads
-from igmu.dataset.images import decode_image, is_image_file
-from igmu.detectors.base import DETECTORS, build_detector, load_all
 from igmu.errors import ConfigError
 
 
@@ -34,6 +31,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def expand(paths: list[Path]) -> list[Path]:
+    from igmu.dataset.images import is_image_file
+
     files = []
     for path in paths:
         if path.is_dir():
@@ -46,6 +45,10 @@ def expand(paths: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from igmu.backbones.config import load_models_config
+    from igmu.dataset.images import decode_image
+    from igmu.detectors.base import DETECTORS, build_detector, load_all
+
     apply_threads(args)
     load_all()
     DETECTORS.get(args.detector.partition(":")[0])

@@ -6,12 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
-from igmu.backbones.config import load_models_config
 from igmu.cli.options import add_threads, apply_threads
 from igmu.constants import ORG
-from igmu.evaluation.engine import EvaluationOptions, evaluate
-from igmu.tasks import load_task
-from igmu.tasks.igmu_json import with_igmu_prompts
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -92,6 +88,11 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from igmu.backbones.config import load_models_config
+    from igmu.evaluation.engine import EvaluationOptions, evaluate
+    from igmu.tasks import load_task
+    from igmu.tasks.igmu_json import with_igmu_prompts
+
     apply_threads(args)
     task = load_task(args.task)
     if args.igmu_prompts:

@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
-from igmu.backbones.config import DEFAULTS
-
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -43,6 +39,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from igmu.backbones.config import DEFAULTS
+
     if args.world:
         from igmu.miniworld.shipped import world_models
 

@@ -7,10 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-from igmu.report.data import load_report_data
-from igmu.report.leaderboard import markdown_table
-from igmu.report.page import render_html
-
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -43,6 +39,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from igmu.report.data import load_report_data
+    from igmu.report.page import render_html
     from igmu.store.runs import find_run_dirs
 
     run_dirs = find_run_dirs(args.run_dir)
@@ -71,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 def markdown_report(data) -> str:
     """The verdict, then the detailed leaderboard, for one run."""
+    from igmu.report.leaderboard import markdown_table
     from igmu.report.verdict import build_verdict
     from igmu.report.verdict_render import verdict_markdown
 

@@ -15,6 +15,7 @@ from igmu.tasks.model import PROMPT_SET_KINDS, PromptSet, Task, UnlearningPrompt
 from igmu.tasks.stripping import concept_words_in, strip_concept
 from igmu.taxonomy import load_taxonomy
 from igmu.taxonomy.tree import merge_guidance, validate_guidance
+from igmu.yamlio import load_yaml
 
 SCHEMA = "igmu.task/1"
 TOP_LEVEL_FIELDS = {
@@ -138,7 +139,7 @@ def derive_stripped(forget: PromptSet, words: tuple[str, ...]) -> PromptSet:
 
 def parse_task(text: str, source: str) -> Task:
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 _VOWEL_SOUND = re.compile(r"^[aeiou]", re.IGNORECASE)
 
 
 def _phrase_pattern(phrases: Iterable[str]) -> re.Pattern[str]:
+    return _compiled(tuple(phrases))
+
+
+@lru_cache(maxsize=4096)  # a task checks every prompt against the same phrases
+def _compiled(phrases: tuple[str, ...]) -> re.Pattern[str]:
     # Longest first, so "in the style of Van Gogh" goes before "Van Gogh".
     ordered = sorted({p.strip() for p in phrases if p.strip()}, key=len, reverse=True)
     alternatives = [r"\s+".join(re.escape(part) for part in p.split()) for p in ordered]

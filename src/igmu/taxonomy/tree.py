@@ -12,6 +12,7 @@ import yaml
 
 from igmu.errors import ConfigError
 from igmu.registry import did_you_mean
+from igmu.yamlio import load_yaml
 
 SCHEMA = "igmu.taxonomy/1"
 REFERENCE_KINDS = ("stripped", "unrelated")
@@ -149,7 +150,7 @@ def _parse_node(raw: Any, where: str, parent: str | None) -> Node:
 
 def parse_taxonomy(text: str, source: str) -> Taxonomy:
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
