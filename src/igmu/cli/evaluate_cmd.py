@@ -79,6 +79,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="torch device for CLIP, LPIPS and Inception: cpu (default), cuda, cuda:N",
     )
     add_threads(parser)
+    parser.add_argument(
+        "--timings",
+        action="store_true",
+        help="print where the time went (stages, each network); always in run.json",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -113,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
     )
     result = evaluate(task, args.images, args.out, models, options)
     print_summary(args.out)
+    if args.timings:
+        print("timings:")
+        print(result.timings.table())
     for line in result.left_out:
         print(f"left out: {line}")
     print(

@@ -27,6 +27,8 @@ from igmu.metrics.base import METRICS, load_all
 from igmu.results import Aggregate, MetricResult, Sample
 from igmu.store import Store
 from igmu.tasks.model import Task
+from igmu.threads import chosen_threads
+from igmu.timings import Timings
 
 PACKAGES = (
     "torch",
@@ -74,6 +76,7 @@ class EvaluationResult:
     results: list[Aggregate]
     left_out: list[str]
     decoded_images: int
+    timings: Timings
 
 
 class _Context:
@@ -147,13 +150,11 @@ def select_metrics(task: Task, requested: list[str] | None) -> list[str]:
     return names
 
 
-def evaluate(
-    task: Task, images: Path, run_dir: Path, models: ModelsConfig, options: EvaluationOptions
-) -> EvaluationResult:
-    records = read_records(task, images, options.layout, options.allow_outside_paths)
-    paired = pair_images(records, task, options.reference_method, options.allow_missing)
-    check_device(options.device)
-    providers = Providers(models, task, options.detectors, options.device)
+def build_metrics(
+    task: Task, providers: Providers, paired: PairedSet, options: EvaluationOptions
+) -> tuple[list[str], list[Any], list[dict[str, str]]]:
+    """(metric names, metric instances, what the task's defaults could not compute and why);
+    building them builds the networks they need."""
     metric_names = select_metrics(task, options.metrics)
     metrics, not_computed = [], []
     for name in metric_names:
@@ -167,6 +168,53 @@ def evaluate(
                 )
             not_computed.append({"metric": name, "needs": needs})
         metrics.extend(built)
+    return metric_names, metrics, not_computed
+
+
+def run_spec(
+    task: Task, options: EvaluationOptions, models: ModelsConfig, providers: Providers,
+    metric_names: list[str], resamples: int, images: list[list[str]],
+) -> dict[str, Any]:
+    """Everything the results depend on; its hash is the run id."""
+    return {
+        "igmu_version": igmu.__version__,
+        "task": {
+            "name": task.name,
+            "version": task.version,
+            "node": task.node,
+            "source_sha256": _task_hash(task),
+            "sensitive_content": task.is_sensitive,
+            "headlines": task.guidance.get("headlines", {}),
+        },
+        "layout": options.layout,
+        "reference_method": options.reference_method,
+        "allow_missing": options.allow_missing,
+        "device": options.device,
+        "metrics": metric_names,
+        "detectors": providers.detector_names,
+        "bootstrap": {"resamples": resamples, "seed": options.bootstrap_seed, "confidence": 0.95},
+        "models_file": models.source,
+        "evaluator_fingerprints": sorted({provider_key(p) for p in providers._built.values()}),
+        "detector_settings": {
+            k: v.describe()
+            for k, v in providers._built.items()
+            if k.startswith(("detector:", "person"))
+        },
+        "images": images,
+    }
+
+
+def evaluate(
+    task: Task, images: Path, run_dir: Path, models: ModelsConfig, options: EvaluationOptions
+) -> EvaluationResult:
+    timings = Timings()
+    with timings.stage("read and pair"):
+        records = read_records(task, images, options.layout, options.allow_outside_paths)
+        paired = pair_images(records, task, options.reference_method, options.allow_missing)
+    check_device(options.device)
+    providers = Providers(models, task, options.detectors, options.device)
+    with timings.stage("build models"):
+        metric_names, metrics, not_computed = build_metrics(task, providers, paired, options)
     resamples = int(task.guidance.get("bootstrap_resamples", 1000))
 
     store_path = options.store_path or run_dir.parent / "igmu.sqlite"
@@ -175,74 +223,46 @@ def evaluate(
         executor = Executor(
             store, options.batch_size, options.progress, skip_unreadable=options.allow_missing
         )
-        needs = [need for metric in metrics for need in metric.needs(paired)]
-        executor.run(needs, paired.all_records())
+        with timings.stage("score"):
+            needs = [need for metric in metrics for need in metric.needs(paired)]
+            executor.run(needs, paired.all_records())
+        timings.seconds.update(executor.timings.rounded())
         paired.drop(executor.unreadable)
         all_records = paired.all_records()
         ctx = _Context(task, paired, executor, resamples, options.bootstrap_seed)
         results: list[MetricResult] = []
         notes: list[str] = []
         audits: dict[str, Any] = {}
-        for metric in metrics:
-            results.extend(metric.compute(ctx))
-            notes += getattr(metric, "notes", [])  # why a metric gave no row for some method
-            if getattr(metric, "audit", None):
-                audits[metric.name] = metric.audit
+        with timings.stage("statistics"):
+            for metric in metrics:
+                results.extend(metric.compute(ctx))
+                notes += getattr(metric, "notes", [])  # why a metric gave no row for a method
+                if getattr(metric, "audit", None):
+                    audits[metric.name] = metric.audit
         fingerprints = {
             "evaluators": providers.describe(),
             "packages": package_versions(),
             "platform": {"system": platform.platform(), "python": sys.version.split()[0]},
         }
-        spec = {
-            "igmu_version": igmu.__version__,
-            "task": {
-                "name": task.name,
-                "version": task.version,
-                "node": task.node,
-                "source_sha256": _task_hash(task),
-                "sensitive_content": task.is_sensitive,
-                "headlines": task.guidance.get("headlines", {}),
-            },
-            "layout": options.layout,
-            "reference_method": options.reference_method,
-            "allow_missing": options.allow_missing,
-            "device": options.device,
-            "metrics": metric_names,
-            "detectors": providers.detector_names,
-            "bootstrap": {
-                "resamples": resamples,
-                "seed": options.bootstrap_seed,
-                "confidence": 0.95,
-            },
-            "models_file": models.source,
-            "evaluator_fingerprints": sorted({provider_key(p) for p in providers._built.values()}),
-            "detector_settings": {
-                k: v.describe()
-                for k, v in providers._built.items()
-                if k.startswith(("detector:", "person"))
-            },
-            "images": sorted([r.method, str(r.key), executor.sha[r.path]] for r in all_records),
-        }
+        images_list = sorted([r.method, str(r.key), executor.sha[r.path]] for r in all_records)
+        spec = run_spec(task, options, models, providers, metric_names, resamples, images_list)
         run_id = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         run_dir.mkdir(parents=True, exist_ok=True)
         aggregates = [r.aggregate for r in results]
-        store.write_run(
-            run_id,
-            task.name,
-            task.version,
-            str(run_dir.resolve()),
-            spec,
-            fingerprints,
-            paired.left_out,
-            _stored_samples(results, executor),
-            aggregates,
-        )
-        extra = {"not_computed": not_computed, "metric_notes": notes, "audits": audits}
-        write_exports(run_dir, task, run_id, store, spec, fingerprints, paired.left_out, extra)
+        with timings.stage("write"):
+            store.write_run(
+                run_id, task.name, task.version, str(run_dir.resolve()), spec, fingerprints,
+                paired.left_out, _stored_samples(results, executor), aggregates,
+            )
+            extra = {"not_computed": not_computed, "metric_notes": notes, "audits": audits,
+                     "timings": timings.rounded(), "threads": chosen_threads()}
+            write_exports(run_dir, task, run_id, store, spec, fingerprints, paired.left_out,
+                          extra)
     finally:
         store.close()
     return EvaluationResult(
-        run_id, run_dir, store_path, aggregates, paired.left_out, executor.decoded_images
+        run_id, run_dir, store_path, aggregates, paired.left_out, executor.decoded_images,
+        timings,
     )
 
 

@@ -4,6 +4,7 @@ image (cached by content hash in the store), in batches, with a progress bar."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from igmu.dataset.records import ImageRecord
 from igmu.errors import ImageError
 from igmu.metrics.base import ImageNeed, PairNeed, TextNeed
 from igmu.store import Store
+from igmu.timings import Timings
 
 
 def text_key(text: str) -> str:
@@ -46,6 +48,8 @@ class Executor:
         self.progress = progress
         self.skip_unreadable = skip_unreadable
         self.unreadable: dict[str, str] = {}
+        # seconds by kind: "score/read+hash", "score/decode", "score/<network fingerprint>"
+        self.timings = Timings()
         self.sha: dict[str, str] = {}  # path -> sha256 of the file bytes
         self.embeddings: dict[tuple[str, str], np.ndarray] = {}
         self.raw: dict[tuple[str, str], dict] = {}
@@ -110,7 +114,8 @@ class Executor:
             missing = [t for k, t in keys.items() if k not in cached]
             for start in range(0, len(missing), 64):
                 chunk = missing[start : start + 64]
-                vectors = provider.text_embeddings(chunk)
+                with self.timings.stage(f"score/{_label(provider)} (text)"):
+                    vectors = provider.text_embeddings(chunk)
                 fresh = {text_key(t): v for t, v in zip(chunk, vectors, strict=True)}
                 self.store.put_features(fp, fresh)
                 cached.update(fresh)
@@ -136,11 +141,12 @@ class Executor:
 
     def _run_batch(self, paths: list[str], per_image, pair_needs) -> None:
         data: dict[str, bytes] = {}
-        for path in paths:
-            try:
-                data[path] = self._read_sha(path)
-            except ImageError as exc:
-                self._unreadable(path, exc)
+        with self.timings.stage("score/read+hash"):
+            for path in paths:
+                try:
+                    data[path] = self._read_sha(path)
+                except ImageError as exc:
+                    self._unreadable(path, exc)
         paths = [p for p in paths if p in data]
         pixels: dict[str, np.ndarray | None] = {}
 
@@ -148,7 +154,8 @@ class Executor:
             """The pixels, or None for an image recorded as unreadable."""
             if path not in pixels:
                 try:
-                    pixels[path] = decode_bytes(data[path], path).pixels
+                    with self.timings.stage("score/decode"):
+                        pixels[path] = decode_bytes(data[path], path).pixels
                     self.decoded_images += 1
                 except ImageError as exc:
                     self._unreadable(path, exc)
@@ -177,6 +184,7 @@ class Executor:
             missing = [p for p in missing if decoded(p) is not None]
             if missing:
                 images = [decoded(p) for p in missing]
+                started = time.perf_counter()
                 if is_detector(provider):
                     outputs = provider.analyse(images)
                     fresh = {self.sha[p]: o for p, o in zip(missing, outputs, strict=True)}
@@ -185,6 +193,7 @@ class Executor:
                     vectors = provider.image_embeddings(images)
                     fresh = {self.sha[p]: v for p, v in zip(missing, vectors, strict=True)}
                     self.store.put_features(key, fresh)
+                self.timings.add(f"score/{_label(provider)}", time.perf_counter() - started)
                 cached.update(fresh)
             for sha, value in cached.items():
                 target = self.raw if is_detector(provider) else self.embeddings
@@ -221,9 +230,11 @@ class Executor:
                 for i, image in enumerate(firsts):
                     by_shape[image.shape].append(i)
                 for indices in by_shape.values():
+                    started = time.perf_counter()
                     values = provider.distances(
                         [firsts[i] for i in indices], [seconds[i] for i in indices]
                     )
+                    self.timings.add(f"score/{_label(provider)}", time.perf_counter() - started)
                     for i, value in zip(indices, values, strict=True):
                         need = missing[i]
                         fresh[(self.sha[need.reference.path], self.sha[need.record.path])] = float(
@@ -233,6 +244,12 @@ class Executor:
                 cached.update(fresh)
             for (a, b), value in cached.items():
                 self.pairs[(fp, a, b)] = value
+
+
+def _label(provider: Any) -> str:
+    """A network's name in the timings: its detector name or its role."""
+    name = getattr(provider, "name", None) or getattr(provider, "role", None)
+    return str(name or type(provider).__name__)
 
 
 def _resize(image: np.ndarray, shape: tuple) -> np.ndarray:
