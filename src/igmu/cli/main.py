@@ -8,6 +8,7 @@ import warnings
 
 from igmu import __version__
 from igmu.cli import (
+    attack_cmd,
     demo_cmd,
     detect_cmd,
     evaluate_cmd,
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         tasks_cmd,
         generate_cmd,
         unlearn_cmd,
+        attack_cmd,
         evaluate_cmd,
         detect_cmd,
         report_cmd,
