@@ -97,6 +97,7 @@ METRICS: Registry[MetricFactory] = Registry("metric")
 
 def load_all() -> None:
     from igmu.metrics import (  # noqa: F401
+        attack_success_rate,
         clip_score,
         csdr,
         fid,
