@@ -25,6 +25,7 @@ from igmu.attacks.base import AttackOutcome  # noqa: E402
 from igmu.attacks.engine import AttackOptions, run_attacks  # noqa: E402
 from igmu.attacks.imaging import conditioning, generate_outcome, load_vectors  # noqa: E402
 from igmu.attacks.model import AttackedModel  # noqa: E402
+from igmu.attacks.rows import ATTACK_FIELDS  # noqa: E402
 from igmu.attacks.store import ATTACKS_NAME, read_attack_rows  # noqa: E402
 from igmu.attacks.text_grad import project_simplex  # noqa: E402
 from igmu.backbones.config import load_models_config  # noqa: E402
@@ -166,6 +167,7 @@ def test_every_attack_runs_on_tiny_sd(sd_models: Path, generator, tmp_path: Path
     assert {(r["method"], r["attack"]) for r in rows} == {(m, a) for m in (ORG, NEGPROMPT)
                                                           for a in ALL}
     for row in rows:
+        assert sorted(row) == sorted(ATTACK_FIELDS)
         prompt = forget[row["prompt_index"]]
         assert (row["class_name"], row["prompt"]) == (prompt.class_name, prompt.text)
         assert row["prompt_set"] == attack_set(row["attack"])

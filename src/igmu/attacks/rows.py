@@ -8,9 +8,9 @@ generation used the ids; ``embedding``: the safetensors file of learned vectors 
 they replace); how it was generated (``generated_from``: text, token_ids or embedding); the
 attack's seed, budget and its unit, the steps used, the final loss, wall seconds (search + attack
 images; ``search_seconds`` the search alone, ``cpu_seconds`` the process's CPU time, which a busy
-machine inflates less); fingerprints of
-the attacked model (generator fingerprint + sampling settings) and of the attack settings; the
-images (seed, path, cache key, PNG sha256) and the attack's own details.
+machine inflates less); fingerprints of the attacked model (generator fingerprint + sampling
+settings) and of the attack settings; the images (seed, path, cache key, PNG sha256) and the
+attack's own details.
 """
 
 from __future__ import annotations
@@ -22,11 +22,14 @@ from igmu.attacks.base import Attack, AttackOutcome, AttackPrompt
 from igmu.constants import attack_set
 
 ATTACK_FIELDS = (
-    "task", "method", "attack", "prompt_set", "class_name", "class_index", "prompt_index",
-    "prompt_key", "prompt", "adversarial_prompt", "adversarial_token_ids", "embedding",
-    "generated_from", "seed", "prompt_seed", "budget", "budget_unit", "steps", "final_loss",
-    "wall_seconds", "search_seconds", "cpu_seconds", "model", "model_fingerprint", "generation_settings",
-    "attack_settings", "images", "target_seeds", "details",
+    "task", "task_version", "method", "attack", "attack_version", "prompt_set", "class_name",
+    "class_index", "prompt_index", "prompt_key", "prompt", "adversarial_prompt",
+    "adversarial_token_ids", "embedding", "generated_from", "seed", "prompt_seed", "budget",
+    "budget_unit", "steps", "final_loss", "wall_seconds", "search_seconds", "cpu_seconds",
+    "model", "model_fingerprint", "generation_settings", "attack_settings", "images",
+    "target_seeds", "details",
+    # added by the engine: the result's file key and the two fingerprints it is made of
+    "result_key", "attacked_fingerprint", "attack_fingerprint",
 )
 
 

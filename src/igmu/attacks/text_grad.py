@@ -82,7 +82,7 @@ class TextGrad(Attack):
     white_box = True
     needs_targets = True
     defaults = {
-        "budget": 24,
+        "budget": 12,
         "tokens": 5,
         "lr": 0.01,
         "weight_decay": 0.1,
