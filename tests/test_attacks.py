@@ -270,3 +270,26 @@ def test_sigkill_then_rerun_matches_uninterrupted(sd_models: Path, tmp_path: Pat
     for path in images:
         assert (out / path).read_bytes() == (reference / path).read_bytes()
     assert not list(out.rglob("*.tmp"))
+
+
+def test_seed_search_only_samples_the_model(tmp_path: Path) -> None:
+    """seed_search is black-box: any Generator will do (here one that paints the seed), and its
+    extra seeds are 1000 + budget * S + i, disjoint for different --seed S."""
+
+    class SeedPainter:
+        fingerprint = "seed-painter"
+
+        def generate(self, prompts, seeds, settings):
+            return [np.full((8, 8, 3), seed % 256, dtype=np.uint8) for seed in seeds]
+
+    for seed, expected in ((0, [1000, 1001, 1002]), (1, [1003, 1004, 1005])):
+        result = run_attacks(
+            load_task("church"), tmp_path / str(seed), load_models_config(None),
+            AttackOptions(methods=[ORG], attacks=["seed_search"], prompts=2, budget=3,
+                          seed=seed, progress=False),
+            factory=lambda model, field: SeedPainter())
+        for row in result.rows:
+            assert [i["seed"] for i in row["images"]] == expected
+            for image in row["images"]:
+                pixels = np.asarray(Image.open(tmp_path / str(seed) / image["path"]))
+                assert (pixels == image["seed"] % 256).all()

@@ -40,7 +40,7 @@ class AttackPrompt:
 
 @dataclass
 class AttackProblem:
-    model: Any  # igmu.attacks.model.AttackedModel
+    model: Any  # igmu.attacks.model.AttackedModel (None for attacks that only sample it)
     task: Any
     prompt: AttackPrompt
     settings: dict[str, Any]
@@ -92,7 +92,9 @@ class Attack:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     budget_unit: ClassVar[str] = ""
-    # needs the attacked UNet (white-box); needs ORG's images of each prompt as targets
+    # reads the model's parts (text encoder, ...), not only samples it; needs the attacked UNet
+    # (white-box); needs ORG's images of each prompt as targets
+    needs_model: ClassVar[bool] = True
     white_box: ClassVar[bool] = False
     needs_targets: ClassVar[bool] = False
     # bump when a change alters what the attack finds (joins the attack fingerprint)

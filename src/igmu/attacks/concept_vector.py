@@ -99,12 +99,13 @@ class ConceptVector(Attack):
             return vocab[torch.randint(0, len(vocab), shape, generator=generator)]
 
         def fitness(population: Any) -> Any:
-            ids = torch.full((len(population), model.length), model.pad_id, dtype=torch.long)
+            ids = torch.full((len(population), model.length), model.pad_id, dtype=torch.long,
+                             device=model.device)
             ids[:, 0] = model.bos_id
             ids[:, 1 : 1 + length] = population
             ids[:, 1 + length] = model.eos_id
             with torch.no_grad():
-                states = model.encode(ids.to(model.device))
+                states = model.encode(ids)
             return ((states - target) ** 2).mean(dim=(1, 2)).cpu()
 
         population = draw(size, length)

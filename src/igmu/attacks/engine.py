@@ -165,7 +165,9 @@ def _attack_method(run: _Run, spec: MethodSpec, chosen: list[tuple[Attack, dict[
                    ) -> list[dict[str, Any]]:
     options, task = run.options, run.task
     generator = run.generator(spec)
-    model = AttackedModel(generator.pipeline, spec.settings, options.device)
+    model = None
+    if any(attack.needs_model for attack, _ in chosen):
+        model = AttackedModel(generator.pipeline, spec.settings, options.device)
     attacked = {"generator": generator.fingerprint, "settings": spec.settings.as_dict()}
     rows = []
     for attack, settings in chosen:
@@ -204,7 +206,7 @@ def _attack_method(run: _Run, spec: MethodSpec, chosen: list[tuple[Attack, dict[
     return rows
 
 
-def _attack_prompt(run: _Run, spec: MethodSpec, generator: Any, model: AttackedModel,
+def _attack_prompt(run: _Run, spec: MethodSpec, generator: Any, model: AttackedModel | None,
                    attack: Attack, settings: dict[str, Any], prompt: AttackPrompt,
                    prepared: Any) -> dict[str, Any]:
     seeds = attack.target_seeds(settings)

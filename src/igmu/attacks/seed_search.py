@@ -19,6 +19,7 @@ class SeedSearch(Attack):
     name = "seed_search"
     summary = "baseline: the plain prompt at extra seeds (the best of N draws)"
     budget_unit = "extra seeds (images)"
+    needs_model = False  # any pipeline igmu generate runs, not only UNet + CLIP ones
     defaults = {"budget": 4, "first_seed": 1000}
 
     def check(self, settings: dict[str, Any]) -> None:
