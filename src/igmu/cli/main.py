@@ -8,6 +8,7 @@ import warnings
 
 from igmu import __version__
 from igmu.cli import (
+    attack_cmd,
     compare_cmd,
     data_cmd,
     demo_cmd,
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         tasks_cmd,
         generate_cmd,
         unlearn_cmd,
+        attack_cmd,
         evaluate_cmd,
         compare_cmd,
         detect_cmd,

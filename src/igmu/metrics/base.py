@@ -90,6 +90,7 @@ REFERENCE_PAIRS = (
 
 def load_all() -> None:
     from igmu.metrics import (  # noqa: F401
+        attack_success_rate,
         clip_score,
         corrected_residual_rate,
         csdr,

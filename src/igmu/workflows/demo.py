@@ -51,10 +51,13 @@ class DemoOptions:
 def write_models_file(path: Path, methods: dict[str, Path], options: DemoOptions) -> Path:
     """The world's models plus the demo's unlearned ones, named relative to the file's folder
     (so the run folder can move) and with the demo's sampling settings."""
-    values = world_models(
-        {name: f"./{Path(folder).relative_to(path.parent).as_posix()}"
-         for name, folder in methods.items()}
-    )
+    def named(folder: Path) -> str:
+        folder = Path(folder)
+        if folder.resolve().is_relative_to(path.parent.resolve()):
+            return f"./{folder.resolve().relative_to(path.parent.resolve()).as_posix()}"
+        return str(folder.resolve())
+
+    values = world_models({name: named(folder) for name, folder in methods.items()})
     values["generator"].update(steps=options.steps, guidance=options.guidance)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")

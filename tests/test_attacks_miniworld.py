@@ -1,0 +1,74 @@
+"""Attacks on the MiniWorld's shipped model, judged by the MiniWorld judges (not by the loss).
+
+The rates go through the attack_success_rate metric, prompts as the unit. ``attack_rates`` takes
+any methods of a models file, so a RETRAIN check (attacks on the retrained model stay below
+ORG's rate) is one more method name once the RETRAIN weights ship.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from igmu.attacks.engine import AttackOptions, run_attacks  # noqa: E402
+from igmu.backbones.config import load_models_config  # noqa: E402
+from igmu.constants import NEGPROMPT, ORG  # noqa: E402
+from igmu.dataset.records import ImageKey, ImageRecord  # noqa: E402
+from igmu.detectors.base import build_detector, load_all  # noqa: E402
+from igmu.evaluation.pairing import PairedSet  # noqa: E402
+from igmu.generation import GenerateOptions, generate, read_rows  # noqa: E402
+from igmu.metrics.attack_success_rate import build  # noqa: E402
+from igmu.tasks import load_task  # noqa: E402
+from igmu.workflows.demo import DemoOptions, write_models_file  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def attack_rates(task_name: str, out: Path, methods: dict[str, str], attacked: list[str],
+                 attacks: list[str], prompts: int, **options) -> dict[tuple[str, str], object]:
+    """{(method, metric name without the detector): MetricResult} of ``attacks`` on the first
+    ``prompts`` forget prompts of the ``attacked`` methods; ``methods`` maps method names to
+    pipeline folders (ORG and NEGPROMPT are built in)."""
+    models = load_models_config(
+        write_models_file(out / "models.yaml", methods, DemoOptions()))
+    task = load_task(task_name)
+    generate(task, out, models, GenerateOptions(
+        methods=list(dict.fromkeys([ORG, *attacked])), prompt_sets=["forget"],
+        max_prompts_per_class=prompts, progress=False))
+    run_attacks(task, out, models, AttackOptions(
+        methods=attacked, attacks=attacks, prompts=prompts, progress=False, **options))
+    images: dict = {}
+    for row in read_rows(out / "manifest.jsonl"):
+        key = ImageKey(row["prompt_set"], row["class_name"], row["prompt_index"], row["seed"])
+        record = ImageRecord(row["method"], key, row["prompt"], str(out / row["path"]))
+        images.setdefault(row["method"], {}).setdefault(row["prompt_set"], {})[key] = record
+    paired = PairedSet(ORG, [ORG, *sorted(m for m in images if m != ORG)], images)
+    load_all()
+    judge = build_detector(task.guidance["detectors"][0], models)
+    records = paired.all_records()
+    from PIL import Image
+
+    raws = judge.analyse([np.asarray(Image.open(r.path).convert("RGB")) for r in records])
+    verdicts = {r.path: judge.verdict(raw) for r, raw in zip(records, raws, strict=True)}
+    ctx = SimpleNamespace(paired=paired, verdict=lambda d, r: verdicts[r.path])
+    providers = SimpleNamespace(concept_detectors=lambda: [judge])
+    return {(res.aggregate.method, res.aggregate.metric.rsplit(".", 1)[0]): res.aggregate
+            for metric in build(task, providers, paired) for res in metric.compute(ctx)}
+
+
+def test_text_grad_breaks_negprompt_within_the_default_budget(tmp_path: Path) -> None:
+    """NEGPROMPT (the concept as negative prompt) is attacked as it is sampled; text_grad's
+    images still draw the cross for (nearly) every prompt, as the judges see it."""
+    rates = attack_rates("mini_object", tmp_path, {}, [NEGPROMPT], ["text_grad"], prompts=4)
+    post = rates[(NEGPROMPT, "attack_success_rate.text_grad")]
+    pre = rates[(NEGPROMPT, "pre_attack_rate.text_grad")]
+    assert post.n == pre.n == 4  # prompts, not images
+    assert post.value >= 0.75
+    assert pre.value == 1.0  # the negative prompt alone does not remove the cross here
+    assert (ORG, "attack_success_rate.text_grad") not in rates  # only NEGPROMPT was attacked
