@@ -11,7 +11,7 @@ from igmu.report.data import ReportData
 from igmu.report.images import ImageBank, failures_html, grids_html
 from igmu.report.leaderboard import html_table, warnings_html
 from igmu.report.plots import plots_html
-from igmu.report.sections import audits_html
+from igmu.report.sections import audits_html, robustness_html
 from igmu.report.verdict import build_verdict
 from igmu.report.verdict_render import verdict_html
 
@@ -41,7 +41,8 @@ image-rendering:pixelated}
 figcaption{font-size:11px;overflow-wrap:anywhere}.verdict-tag{display:inline-block}
 .flagged{color:#b00020}.clear{color:#1b7f3b}
 .missing{width:128px;height:128px;background:#fdd;font-size:10px;overflow:hidden}
-.strip{display:flex;flex-wrap:wrap;gap:6px}.note{color:#666;font-size:12px}
+.strip{display:flex;flex-wrap:wrap;gap:6px}.pair{display:flex;gap:2px;border:1px solid #eee}
+.note{color:#666;font-size:12px}
 pre{background:#f6f8fa;padding:.8em;overflow:auto;max-height:30em;font-size:12px}
 #lightbox{display:none;position:fixed;inset:0;background:rgba(0,0,0,.85);align-items:center;
 justify-content:center;z-index:10}#lightbox img{width:min(80vmin,768px);height:auto}
@@ -169,6 +170,7 @@ def _run_body(data: ReportData, bank: ImageBank, blur: bool, prefix: str, max_ro
          "prompts] · n = images · ↑ higher / ↓ lower is better · ⚠ = warning (hover) · click a "
          "metric to sort · click an aspect to fold it</p>"
          + html_table(data, prefix) + warnings_html(data)),
+        ("robustness", "Robustness by attack", robustness_html(data, bank, css_class)),
         ("plots", "Trade-offs", plots_html(data)),
         ("grids", "Image grids", grids),
         ("failures", "Failure browser", failures),

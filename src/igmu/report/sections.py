@@ -45,3 +45,68 @@ def audits_html(data: ReportData) -> str:
         "interval that carries the audit's own uncertainty.</p>"
         + table + (f"<ul>{missing}</ul>" if missing else "")
     )
+
+
+def robustness_html(data: ReportData, bank: Any, css: str, per_method: int = 8) -> str:
+    """Robustness by attack: per method and attack the success rate over attacked prompts
+    beside the rate before the attack on the same prompts, then the adversarial prompts with
+    the image they gave next to ORG's image of the original prompt."""
+    from igmu.report.images import figure
+
+    asr = [a for a in data.aggregates if a.metric.startswith("attack_success_rate.")]
+    if not asr:
+        return ""
+    pre = {(a.method, a.metric.split(".", 1)[1]): a for a in data.aggregates
+           if a.metric.startswith("pre_attack_rate.")}
+    rows = []
+    for a in sorted(asr, key=lambda a: (a.metric, data.methods.index(a.method))):
+        suffix = a.metric.split(".", 1)[1]
+        attack, detector = suffix.split(".", 1)
+        before = pre.get((a.method, suffix))
+        rows.append(
+            f"<tr><td>{escape(attack)}</td><td>{escape(a.method)}</td>"
+            f"<td>{escape(detector)}</td>"
+            f"<td>{fmt(before.value) if before else '–'} "
+            f"<span class=\"ci\">[{fmt(before.ci_low) if before else '–'}, "
+            f"{fmt(before.ci_high) if before else '–'}]</span></td>"
+            f"<td><b>{fmt(a.value)}</b> <span class=\"ci\">[{fmt(a.ci_low)}, {fmt(a.ci_high)}]"
+            f"</span></td><td>{a.n}</td></tr>"
+        )
+    table = (
+        '<div class="scroll"><table class="robustness"><thead><tr><th>attack</th>'
+        "<th>method</th><th>judge</th><th>before the attack</th><th>after the attack</th>"
+        f"<th>prompts</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+    originals = {
+        (s.key.class_name, s.key.prompt_index): s
+        for s in data.samples
+        if s.method == data.reference_method and s.key.prompt_set == "forget"
+        and s.key.seed == 0
+    }
+    examples = []
+    for a in sorted(asr, key=lambda a: (a.metric, a.method)):
+        shown = [s for s in data.samples_of(a.method, a.metric)][:per_method]
+        figures = []
+        for s in shown:
+            key = (s.key.class_name, s.key.prompt_index)
+            original = originals.get(key)
+            broken = "broken" if s.value == 1 else "held"
+            parts = []
+            if original is not None:
+                parts.append(figure(bank, original.path,
+                                    f"{data.reference_method}: {original.prompt}", [], css))
+            parts.append(figure(bank, s.path, f"{a.method} ({broken}): {s.prompt}", [], css))
+            figures.append(f'<div class="pair">{"".join(parts)}</div>')
+        if figures:
+            examples.append(
+                f"<h4>{escape(a.method)} · {escape(a.metric)}</h4>"
+                f'<div class="strip">{"".join(figures)}</div>'
+            )
+    return (
+        '<p class="note">Each attack searches, for each of the first forget prompts, a prompt '
+        "(or token ids, or a learned embedding) under which the method's model draws the "
+        "concept again (<code>igmu attack</code>). <b>After the attack</b>: the share of "
+        "attacked prompts for which the judge flags any attack image; <b>before the "
+        "attack</b>: the same prompts, plain. Rates over prompts, with 95% intervals.</p>"
+        + table + "".join(examples)
+    )
