@@ -11,8 +11,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "demo", help="run the whole benchmark on the MiniWorld (offline, CPU, minutes)",
         description="Erase each MiniWorld task's concept with UCE and ESD, generate ORG, UCE, "
-        "ESD and NEGPROMPT images with the shipped tiny text-to-image model, evaluate all five "
-        "aspects and write a report per task. Writes DIR/metrics.csv and DIR/runs/<task>/.",
+        "ESD and NEGPROMPT images (and RETRAIN's, the model trained without the concept, where "
+        "shipped) with the shipped tiny text-to-image model, attack every method "
+        "(text_grad, seed_search), evaluate all five aspects and write one report with a tab "
+        "per task. Writes DIR/metrics.csv, DIR/report.html and DIR/runs/<task>/.",
     )
     from igmu.workflows.demo import DemoOptions
 
@@ -28,6 +30,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="images per prompt of the other prompt sets (default %(default)s)")
     parser.add_argument("--steps", type=int, default=defaults.steps,
                         help="DDIM steps per image (default %(default)s)")
+    parser.add_argument("--attacks", default=",".join(defaults.attacks),
+                        help="attacks run on every method, comma-separated ('' for none; "
+                        "default %(default)s)")
+    parser.add_argument("--attack-prompts", type=int, default=defaults.attack_prompts,
+                        help="forget prompts attacked per task and method (default "
+                        "%(default)s)")
     from igmu.cli.options import add_threads
 
     add_threads(parser)
@@ -49,12 +57,20 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--tasks: {task!r} is not a MiniWorld task.{did_you_mean(task, list(MINI_TASKS))}"
             )
+    from igmu.attacks import get_attack
+
+    for attack in (a.strip() for a in args.attacks.split(",") if a.strip()):
+        get_attack(attack)  # an unknown name fails now, with "did you mean"
+    if args.attack_prompts < 0:
+        raise ConfigError("--attack-prompts must be >= 0")
     for name in ("forget_prompts", "prompts_per_class", "images_per_prompt", "steps"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
     options = DemoOptions(tasks=tasks, forget_prompts=args.forget_prompts,
                           prompts_per_class=args.prompts_per_class,
                           images_per_prompt=args.images_per_prompt, steps=args.steps,
+                          attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
+                          attack_prompts=args.attack_prompts,
                           progress=not args.quiet)
     started = time.perf_counter()
     metrics = run_demo(args.out, options)

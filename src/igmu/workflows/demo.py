@@ -45,6 +45,9 @@ class DemoOptions:
     # lr 1e-5 x 1000 steps is for SD; x_t sampled in 10 DDIM steps at the world's guidance.
     esd_steps: int = 100
     esd_lr: float = 3e-4
+    # Robustness by attack: these attacks on the first forget prompts of every method.
+    attacks: tuple[str, ...] = ("text_grad", "seed_search")
+    attack_prompts: int = 4
     progress: bool = True
 
 
@@ -142,6 +145,14 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
                 max_prompts_per_class=per_class, batch_size=options.batch_size,
                 pipeline_batching=True, progress=options.progress))
         lap("generate")
+        if options.attacks and options.attack_prompts:
+            from igmu.attacks.engine import AttackOptions, run_attacks
+
+            say(f"[{name}] attacking with {', '.join(options.attacks)} ...")
+            run_attacks(task, out / "images" / name, models, AttackOptions(
+                methods=list(METHODS), attacks=list(options.attacks),
+                prompts=options.attack_prompts, progress=options.progress))
+            lap("attack")
         say(f"[{name}] evaluating ...")
         run_dir = out / "runs" / name
         evaluate(task, generated.manifest, run_dir, models, EvaluationOptions(
