@@ -153,8 +153,8 @@ def _task(
     guidance = {
         **guidance,
         "metrics": [
-            "residual_rate", "fid", "lpips", "clip_score", "csdr", "related_retention",
-            "prompt_accuracy", "fid_world",
+            "residual_rate", "residual_rate_corrected", "fid", "lpips", "clip_score", "csdr",
+            "related_retention", "prompt_accuracy", "fid_world", "attack_success_rate",
         ],
     }
     raw = {
