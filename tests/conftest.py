@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# igmu's file-hash cache goes to a folder of this test session, not the user's home.
+os.environ.setdefault("IGMU_CACHE_DIR", tempfile.mkdtemp(prefix="igmu-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -5,36 +5,25 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from igmu.backbones.file_hashes import file_sha256
 from igmu.errors import ModelNotFoundError, UnsafeWeightsError
 
 
 def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The file's sha256 (remembered across runs while the file is unchanged)."""
+    return file_sha256(path)
 
 
 def weights_fingerprint(folder: Path) -> str:
-    """sha256 over a model folder's weight files (names + contents), stable across copies.
-
-    Hashed once per process for an unchanged folder: several roles often share one model.
-    """
+    """sha256 over a model folder's weight files (names + contents), stable across copies."""
     files = sorted(
         p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".pth", ".pt", ".onnx")
     )
-    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    if stamp not in _FINGERPRINTS:
-        digest = hashlib.sha256()
-        for path in files:
-            digest.update(path.relative_to(folder).as_posix().encode())
-            digest.update(sha256_of(path).encode())
-        _FINGERPRINTS[stamp] = digest.hexdigest()
-    return _FINGERPRINTS[stamp]
-
-
-_FINGERPRINTS: dict[tuple, str] = {}
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
 
 
 def load_state_dict(path: str | Path, what: str) -> dict:
