@@ -25,21 +25,9 @@ METRICS_COLUMNS = [
     "prompts",
     "higher_is_better",
 ]
-SAMPLES_COLUMNS = [
-    "task",
-    "method",
-    "aspect",
-    "metric",
-    "prompt_set",
-    "class_name",
-    "prompt_index",
-    "seed",
-    "prompt",
-    "path",
-    "sha256",
-    "value",
-    "extra",
-]
+# samples.csv: the store's sample columns with the task first, aspect before metric and the
+# extra fields as "extra".
+SAMPLES_COLUMNS = ["task", "method", "aspect", "metric", *SAMPLE_COLUMNS[3:-1], "extra"]
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -16,7 +16,7 @@ All are tested for coverage against simulations with known truth (tests/test_int
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,6 +148,18 @@ def cluster_mean_interval(
     return test.estimate, test.low, test.high
 
 
+def _prompt_resamples(clusters: Sequence, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of bootstrap samples that draw whole prompts (all their rows) with
+    replacement; samples with fewer than 2 rows are skipped (no Fréchet distance)."""
+    index, groups = _cluster_index(clusters)
+    members = [np.flatnonzero(index == g) for g in range(groups)]
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        rows = np.concatenate([members[g] for g in rng.integers(0, groups, groups)])
+        if len(rows) >= 2:
+            yield rows
+
+
 def paired_frechet_interval(
     reference: np.ndarray,
     own: np.ndarray,
@@ -159,15 +171,8 @@ def paired_frechet_interval(
     prompts (all of a prompt's pairs, both sides together)."""
     reference, own = np.asarray(reference), np.asarray(own)
     point = frechet_distance(reference, own)
-    index, groups = _cluster_index(clusters)
-    members = [np.flatnonzero(index == g) for g in range(groups)]
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        rows = np.concatenate([members[g] for g in rng.integers(0, groups, groups)])
-        if len(rows) < 2:
-            continue
-        draws.append(frechet_distance(reference[rows], own[rows]))
+    draws = [frechet_distance(reference[rows], own[rows])
+             for rows in _prompt_resamples(clusters, resamples, seed)]
     if not draws:
         return point, point
     values = np.asarray(draws)
@@ -188,18 +193,11 @@ def paired_frechet_difference_test(
     resampling prompts jointly for all three sides (rows are aligned by key)."""
     reference, first, second = (np.asarray(x) for x in (reference, first, second))
     point = frechet_distance(reference, first) - frechet_distance(reference, second)
-    index, groups = _cluster_index(clusters)
-    members = [np.flatnonzero(index == g) for g in range(groups)]
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        rows = np.concatenate([members[g] for g in rng.integers(0, groups, groups)])
-        if len(rows) < 2:
-            continue
-        draws.append(
-            frechet_distance(reference[rows], first[rows])
-            - frechet_distance(reference[rows], second[rows])
-        )
+    draws = [
+        frechet_distance(reference[rows], first[rows])
+        - frechet_distance(reference[rows], second[rows])
+        for rows in _prompt_resamples(clusters, resamples, seed)
+    ]
     if not draws:
         return MeanTest(point, point, point, float("nan"))
     values = np.asarray(draws)
