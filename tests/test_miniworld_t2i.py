@@ -44,7 +44,8 @@ def test_short_schedule_trains_judges_through_the_layout(short_run) -> None:
 
     out, _ = short_run
     judge = Judge(out / "judges")
-    assert set(judge.classes) == {"shape", "colour", "style", "attribute"}
+    assert set(judge.classes) == {"shape", "colour", "style", "attribute", "background"}
+    assert set(judge.metadata["heads"]) == {"shape", "colour", "style", "attribute"}
     assert judge.predict([np.zeros((32, 32, 3), dtype=np.uint8)])["shape"][0] in SHAPES
 
 

@@ -6,7 +6,8 @@ feature backbone (``JudgeFeatures``) and checks it on fresh renders (``evaluate_
 
 The MiniWorld judges are one such network with heads ``shape`` (4-way), ``colour`` (4-way),
 ``style`` (4-way) and ``attribute`` (spot / no_spot), trained on rendered images; they ship in
-``igmu/miniworld/weights/judges``.
+``igmu/miniworld/weights/judges``. ``Judge`` adds a fifth head, ``background`` (white, grey,
+black or other), read by an exact rule on the border pixels (``judge_background``).
 
 Command line::
 
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from igmu.errors import ModelNotFoundError
+from igmu.miniworld import judge_background as background
 from igmu.miniworld.judge_net import (
     DEFAULT_ARCH,
     METADATA,
@@ -64,7 +66,12 @@ def default_judge_dir() -> Path:
 
 
 class Judge:
-    """A trained judge: class probabilities per head, features, feature maps."""
+    """A trained judge: class probabilities per head, features, feature maps.
+
+    A judge trained with the world's heads (shape, colour, style, attribute) also reads the
+    ``background``, by the exact rule of ``judge_background`` (no weights): ``classes``,
+    ``predict_proba`` and ``predict`` include it, and ``rule_heads`` names it.
+    """
 
     def __init__(self, folder: str | Path) -> None:
         import torch
@@ -103,6 +110,13 @@ class Judge:
         self.folder = folder
         self.feature_dim = int(arch["feature_dim"])
         self.fingerprint = f"mini-judge:{self.weights_sha256[:16]}"
+        # Rule heads: computed from pixels, not by the network (none on a generic judge).
+        self.rule_heads: dict[str, str] = {}
+        if set(WORLD_HEADS) <= set(self.classes) and background.HEAD not in self.classes:
+            self.classes[background.HEAD] = list(background.CLASSES)
+            self.rule_heads[background.HEAD] = background.RULE
+            # The raw outputs now hold one more head: cached ones must not be reused.
+            self.fingerprint += f"+bg{background.RULE_VERSION}"
         self._torch = torch
 
     def _batches(self, images: Sequence[np.ndarray], batch: int):
@@ -113,13 +127,16 @@ class Judge:
     def predict_proba(
         self, images: Sequence[np.ndarray], batch: int = 256
     ) -> dict[str, np.ndarray]:
-        """Per head, an N x classes array of softmax probabilities (float64)."""
+        """Per head, an N x classes array of softmax probabilities (float64); for a rule head,
+        the rule's class shares."""
         torch = self._torch
         parts: dict[str, list[np.ndarray]] = {h: [] for h in self.classes}
         with torch.inference_mode():
             for x in self._batches(images, batch):
                 for head, logits in self.net(x).items():
                     parts[head].append(torch.softmax(logits.double(), dim=1).numpy())
+        if background.HEAD in self.rule_heads:
+            parts[background.HEAD] = [background.background_probs(list(images))]
         return {
             h: np.concatenate(v) if v else np.zeros((0, len(self.classes[h])))
             for h, v in parts.items()
@@ -144,6 +161,12 @@ class Judge:
         with torch.inference_mode():
             x = torch.from_numpy(images_to_array(images, self.input_size))
             return [m.double().numpy() for m in self.net.feature_maps(x)]
+
+    def head_info(self, head: str) -> dict[str, Any]:
+        """Held-out figures of a trained head (from ``judge.json``), or a rule head's rule."""
+        if head in self.rule_heads:
+            return {"classes": self.classes[head], "rule": self.rule_heads[head]}
+        return dict(self.metadata["heads"][head])
 
     def accuracy_report(self) -> dict[str, dict[str, Any]]:
         return {
