@@ -47,6 +47,7 @@ from igmu.miniworld.world import (
     SHAPES,
     STYLES,
     Scene,
+    redraw_without,
     render,
     sample_scene,
 )
@@ -190,11 +191,20 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> Any:
 
 
 class ScenePool:
-    """Rendered scenes drawn once from a seed; captions are drawn fresh per use."""
+    """Rendered scenes drawn once from a seed; captions are drawn fresh per use.
 
-    def __init__(self, size: int, seed: int) -> None:
+    ``without`` (a target: ``shape=cross``, ``style=stripes``, ``attribute``) removes a concept:
+    each scene that has it gets the concept's factor redrawn among the other values (from a
+    generator of its own, so the main stream is untouched); every other scene is the same as in
+    the whole world's pool of that seed.
+    """
+
+    def __init__(self, size: int, seed: int, without: str | None = None) -> None:
         rng = np.random.default_rng(seed)
         self.scenes = [sample_scene(rng) for _ in range(size)]
+        if without is not None:
+            spare = np.random.default_rng([seed, 0x5EED])
+            self.scenes = [redraw_without(s, without, spare) for s in self.scenes]
         self.images = np.stack([render(s, IMAGE_SIZE) for s in self.scenes])
         self.keys = np.asarray([label_key(s) for s in self.scenes], dtype=np.int64)
 

@@ -19,24 +19,31 @@ from igmu.miniworld.t2i_model import (
     load_pipeline,
     write_metadata,
 )
-from igmu.miniworld.world import sample_scene
+from igmu.miniworld.world import BACKGROUNDS, COLOURS, SHAPES, sample_scene
 
-JUDGED_FACTORS = ("shape", "colour", "style", "attribute")
+JUDGED_FACTORS = ("shape", "colour", "style", "attribute", "background")
 JUDGE_EVAL_SEED = 424_242  # prompts and noise of the judge evaluation
 
 
 def judge_prompts(n: int, seed: int = JUDGE_EVAL_SEED) -> list[tuple[str, dict[str, str]]]:
-    """``n`` English prompts with their labels, balanced over shapes and colours: "a red
-    circle", "a blue cross with stripes", "a dotted green square with a white spot" ..."""
+    """``n`` English prompts naming all five factors, with their labels, balanced over shapes,
+    colours and backgrounds (a cycle of 48): "a red circle on a white background", "a blue cross
+    with stripes in front of a grey background", "a dotted green square with a white spot on a
+    black background" ..."""
     rng = np.random.default_rng(seed)
     prompts = []
     for i in range(n):
         scene = sample_scene(
             rng,
-            shape=("circle", "square", "triangle", "cross")[i % 4],
-            colour=("red", "green", "blue", "yellow")[(i // 4) % 4],
+            shape=SHAPES[i % 4],
+            colour=COLOURS[(i // 4) % 4],
+            background=BACKGROUNDS[(i // 16) % 3],
         )
-        wording = Wording(style_form="adj" if rng.random() < 0.5 else "with", background_form=None)
+        draws = rng.random(2)
+        wording = Wording(
+            style_form="adj" if draws[0] < 0.5 else "with",
+            background_form="on" if draws[1] < 0.5 else "in_front",
+        )
         labels = scene.labels()
         prompts.append((describe(scene, "en", wording), {f: labels[f] for f in JUDGED_FACTORS}))
     return prompts
@@ -77,11 +84,20 @@ def judge_accuracy(
     num_inference_steps: int = DEFAULT_STEPS,
     judge: Any = None,
     seed: int = JUDGE_EVAL_SEED,
+    without: str | None = None,
 ) -> dict[str, Any]:
     """Generate ``n`` images for ``judge_prompts`` and score them with the MiniWorld judges:
     per factor, the share of images the judge reads as the requested value; ``all``: every
-    factor right. Also per requested value."""
+    factor right. Also per requested value, and the mean border-ring grey level per requested
+    background (what the background rule reads).
+
+    ``without`` (a target such as ``shape=cross``): the model was trained without that concept
+    (RETRAIN). Accuracies are then over the prompts that do not ask for it, and ``concept``
+    reports the prompts that do: how many, and the share of their images that show it anyway.
+    """
+    from igmu.miniworld.judge_background import ring_mask
     from igmu.miniworld.judges import Judge, default_judge_dir
+    from igmu.miniworld.world import parse_target
 
     judge = judge or Judge(default_judge_dir())
     items = judge_prompts(n, seed)
@@ -90,24 +106,45 @@ def judge_accuracy(
         pipeline, prompts, [seed + i for i in range(n)], guidance_scale, num_inference_steps
     )
     predicted = judge.predict(images)
+    asks_concept = np.zeros(n, dtype=bool)
+    report: dict[str, Any] = {}
+    if without is not None:
+        field, value = parse_target(without)
+        asks_concept = np.asarray([labels[field] == value for _, labels in items])
+        shown = [predicted[field][i] == value for i in range(n) if asks_concept[i]]
+        report["concept"] = {
+            "target": without,
+            "n": len(shown),
+            "residual": float(np.mean(shown)) if shown else None,
+        }
+    kept = [i for i in range(n) if not asks_concept[i]]
     correct = {
-        f: np.asarray([predicted[f][i] == items[i][1][f] for i in range(n)]) for f in JUDGED_FACTORS
+        f: np.asarray([predicted[f][i] == items[i][1][f] for i in kept]) for f in JUDGED_FACTORS
     }
     accuracy = {f: float(c.mean()) for f, c in correct.items()}
     accuracy["all"] = float(np.mean(np.all([correct[f] for f in JUDGED_FACTORS], axis=0)))
     by_value: dict[str, dict[str, float]] = {}
     for f in JUDGED_FACTORS:
-        values = sorted({labels[f] for _, labels in items})
+        values = sorted({items[i][1][f] for i in kept})
         by_value[f] = {
-            v: float(np.mean([correct[f][i] for i in range(n) if items[i][1][f] == v]))
+            v: float(
+                np.mean([c for c, i in zip(correct[f], kept, strict=True) if items[i][1][f] == v])
+            )
             for v in values
         }
+    ring = ring_mask()
+    border = {
+        b: float(np.mean([images[i][ring].mean() for i in kept if items[i][1]["background"] == b]))
+        for b in sorted({items[i][1]["background"] for i in kept})
+    }
     return {
-        "n": n,
+        "n": len(kept),
         "guidance_scale": guidance_scale,
         "num_inference_steps": num_inference_steps,
         "accuracy": accuracy,
         "by_value": by_value,
+        "border_mean_by_background": border,
+        **report,
         "judge": getattr(judge, "fingerprint", None),
     }
 
@@ -121,7 +158,8 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     """Judge a pipeline folder at several guidance scales; merge into its ``igmu_t2i.json``
     (``judges``, keyed ``guidance_<g>`` at the default steps, ``guidance_<g>_steps_<s>``
-    otherwise)."""
+    otherwise). A RETRAIN folder (``world.without`` set) is judged on the prompts without its
+    concept, with the concept's residual alongside."""
     folder = Path(folder)
     pipeline = load_pipeline(folder)
     path = folder / METADATA
@@ -130,7 +168,11 @@ def evaluate_folder(
     for guidance in guidance_scales:
         started = time.time()
         report = judge_accuracy(
-            pipeline, n=n, guidance_scale=guidance, num_inference_steps=num_inference_steps
+            pipeline,
+            n=n,
+            guidance_scale=guidance,
+            num_inference_steps=num_inference_steps,
+            without=(metadata.get("world") or {}).get("without"),
         )
         report["seconds"] = round(time.time() - started, 1)
         key = f"guidance_{guidance:g}"

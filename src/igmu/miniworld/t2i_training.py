@@ -1,6 +1,10 @@
 """Training the MiniWorld text-to-image model: Stable Diffusion 1.x's recipe in pixel space.
 
-- Loss: epsilon MSE with min-SNR-gamma weighting (gamma 5, Hang et al. 2023).
+- Loss: v-prediction MSE (epsilon before: ``prediction_type``) with min-SNR-gamma weighting
+  (gamma 5, Hang et al. 2023).
+- Data: a seeded pool of rendered scenes; ``without`` removes a concept from it (RETRAIN: each
+  scene with the concept gets that factor redrawn among the other values, so it is never
+  rendered, hence never captioned); every other scene, the draws and the schedule as ORG's.
 - Captions: ``caption_mix`` (English, paraphrases, de/fr/es/it/zh), replaced by the empty
   caption 10% of the time so classifier-free guidance works.
 - AdamW, linear warm-up then cosine decay, gradient clipping 1, an exponential moving average of
@@ -29,11 +33,11 @@ from igmu.miniworld.clip_train import (
     ScenePool,
     load_clip,
     lr_at,
-    tokenize,
     torch_threads,
 )
 from igmu.miniworld.t2i_model import (
     DEFAULT_GUIDANCE,
+    DEFAULT_PREDICTION,
     DEFAULT_STEPS,
     METADATA,
     SAMPLER,
@@ -46,6 +50,8 @@ from igmu.miniworld.t2i_model import (
     text_encoder_from_clip,
     write_metadata,
 )
+from igmu.miniworld.t2i_objective import Batcher, Ema, diffusion_loss
+from igmu.miniworld.world import WORLD_VERSION, has_target
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,9 @@ class T2IConfig:
     eval_steps: int = DEFAULT_STEPS
     # "cuda" trains on a GPU: the same seeded draws (made on the CPU), not the same bits.
     device: str = "cpu"
+    prediction_type: str = DEFAULT_PREDICTION
+    # RETRAIN: a target (shape=cross, style=stripes, attribute) never rendered nor captioned.
+    without: str | None = None
 
 
 # The CI schedule runs on one thread: on shared cores a 2-thread pool fighting other processes
@@ -99,95 +108,20 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-class _Ema:
-    def __init__(self, module: Any, decay: float) -> None:
-        self.decay = decay
-        self.shadow = [p.detach().clone() for p in module.parameters()]
-
-    def update(self, module: Any, step: int) -> None:
-        import torch
-
-        decay = min(self.decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for s, p in zip(self.shadow, module.parameters(), strict=True):
-                s.lerp_(p.detach(), 1 - decay)
-
-    def copy_to(self, module: Any) -> Any:
-        import torch
-
-        with torch.no_grad():
-            for s, p in zip(self.shadow, module.parameters(), strict=True):
-                p.copy_(s)
-        return module
-
-
-def _snr_weights(alphas_cumprod: Any, t: Any, gamma: float) -> Any:
-    """min(SNR, gamma) / SNR: the min-SNR-gamma weight of the epsilon loss."""
-    alpha = alphas_cumprod[t]
-    snr = alpha / (1 - alpha)
-    return snr.clamp(max=gamma) / snr
-
-
-class _Batcher:
-    """Seeded draws of (x0, captions) from a render pool, text states from the frozen encoder."""
-
-    def __init__(
-        self, pool: ScenePool, tokenizer: Any, encoder: Any, uncond: float, device: Any
-    ) -> None:
-        import torch
-
-        self.device = device
-        self.pool = pool
-        self.pixels = torch.from_numpy(pool.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        self.tokenizer = tokenizer
-        self.encoder = encoder
-        self.uncond = uncond
-
-    def draw(self, rng: np.random.Generator, size: int) -> tuple[Any, Any]:
-        import torch
-
-        index = rng.integers(0, len(self.pool), size=size)
-        from igmu.miniworld.captions import caption_mix
-
-        captions = [caption_mix(self.pool.scenes[i], rng) for i in index]
-        drop = rng.random(size) < self.uncond
-        captions = ["" if d else c for c, d in zip(captions, drop, strict=True)]
-        with torch.no_grad():
-            states = self.encoder(tokenize(self.tokenizer, captions).to(self.device))[0]
-        return self.pixels[torch.from_numpy(index)].to(self.device), states
-
-
-def _diffusion_loss(
-    torch: Any,
-    unet: Any,
-    scheduler: Any,
-    x0: Any,
-    states: Any,
-    t: Any,
-    noise: Any,
-    gamma: float,
-    bf16: bool,
-) -> Any:
-    noisy = scheduler.add_noise(x0, noise, t)
-    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-        prediction = unet(noisy, t, encoder_hidden_states=states).sample
-    per_sample = ((prediction.float() - noise) ** 2).mean(dim=(1, 2, 3))
-    weights = _snr_weights(scheduler.alphas_cumprod, t, gamma)
-    return (per_sample * weights).mean()
-
-
 def train_t2i(
     out_dir: str | Path,
     clip_dir: str | Path,
     config: T2IConfig | None = None,
     log: Callable[[str], None] = print,
     checkpoints_dir: str | Path | None = None,
+    observe: Callable[[list[Any], list[str]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the UNet against the frozen CLIP text encoder of ``clip_dir``; write the pipeline
-    folder ``out_dir`` (EMA weights) and its ``igmu_t2i.json``."""
+    folder ``out_dir`` (EMA weights) and its ``igmu_t2i.json``. ``observe(scenes, captions)``
+    sees every batch the model is shown (an audit hook: what did this run train on?)."""
     config = config or T2IConfig()
     with torch_threads(config.threads):
-        return _train_t2i(Path(out_dir), Path(clip_dir), config, log, checkpoints_dir)
+        return _train_t2i(Path(out_dir), Path(clip_dir), config, log, checkpoints_dir, observe)
 
 
 def _train_t2i(
@@ -196,6 +130,7 @@ def _train_t2i(
     config: T2IConfig,
     log: Callable[[str], None],
     checkpoints_dir: str | Path | None,
+    observe: Callable[[list[Any], list[str]], None] | None,
 ) -> dict[str, Any]:
     import torch
 
@@ -209,9 +144,13 @@ def _train_t2i(
     unet = build_unet(encoder.config.hidden_size, config.seed).to(device)
     params = sum(p.numel() for p in unet.parameters())
     log(f"[t2i] UNet {params / 1e6:.2f}M parameters; bf16 autocast: {bf16}")
-    scheduler, _ = build_schedulers()
-    pool = ScenePool(config.pool_size, config.seed + 10)
-    batcher = _Batcher(pool, tokenizer, encoder, config.uncond_prob, device)
+    scheduler, _ = build_schedulers(config.prediction_type)
+    # RETRAIN: the same seeded pool, each scene with the concept redrawn without it.
+    pool = ScenePool(config.pool_size, config.seed + 10, config.without)
+    batcher = Batcher(pool, tokenizer, encoder, config.uncond_prob, device, observe)
+    world = {"version": WORLD_VERSION, "without": config.without}
+    if config.without is not None:
+        world["pool_scenes_with_concept"] = sum(has_target(s, config.without) for s in pool.scenes)
     rng = np.random.default_rng(config.seed + 11)
     generator = torch.Generator().manual_seed(config.seed + 12)
     steps_total = scheduler.config.num_train_timesteps
@@ -226,7 +165,7 @@ def _train_t2i(
     def probe_loss(model: Any) -> float:
         with torch.no_grad():
             return float(
-                _diffusion_loss(
+                diffusion_loss(
                     torch,
                     model,
                     scheduler,
@@ -241,15 +180,23 @@ def _train_t2i(
 
     probe_before = probe_loss(unet)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ema = _Ema(unet, config.ema_decay)
+    ema = Ema(unet, config.ema_decay)
     losses: list[float] = []
+    pending: list[Any] = []
     checkpoints: list[dict[str, Any]] = []
     train_start = time.time()
     unet.train()
 
+    def flush() -> None:
+        # Read the losses back in bulk: a read per step would stall a GPU every step.
+        if pending:
+            losses.extend(torch.stack(pending).float().cpu().tolist())
+            pending.clear()
+
     def save(step: int) -> None:
+        flush()
         ema_unet = ema.copy_to(copy.deepcopy(unet)).eval().to("cpu")
-        pipeline = make_pipeline(ema_unet, clip_dir)
+        pipeline = make_pipeline(ema_unet, clip_dir, config.prediction_type)
         _write_pipeline(pipeline, out)
         entry = {
             "step": step,
@@ -261,7 +208,7 @@ def _train_t2i(
             ema_unet.save_pretrained(str(folder), safe_serialization=True)
             entry["unet"] = str(folder)
         checkpoints.append(entry)
-        write_metadata(out, _metadata(config, bf16, params, losses, checkpoints, {}))
+        write_metadata(out, _metadata(config, bf16, params, losses, checkpoints, {}, world))
         log(f"[t2i] checkpoint at step {step} -> {out}")
 
     for step in range(config.steps):
@@ -270,14 +217,15 @@ def _train_t2i(
         x0, states = batcher.draw(rng, config.batch_size)
         t = torch.randint(0, steps_total, (config.batch_size,), generator=generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        loss = _diffusion_loss(torch, unet, scheduler, x0, states, t, noise, config.snr_gamma, bf16)
+        loss = diffusion_loss(torch, unet, scheduler, x0, states, t, noise, config.snr_gamma, bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         ema.update(unet, step)
-        losses.append(float(loss.item()))
+        pending.append(loss.detach())
         if step % 50 == 0 or step == config.steps - 1:
+            flush()
             log(
                 f"[t2i] step {step + 1}/{config.steps} loss {np.mean(losses[-50:]):.4f} "
                 f"({time.time() - train_start:.0f}s)"
@@ -290,7 +238,7 @@ def _train_t2i(
     probe_after = probe_loss(unet)
     ema_unet = ema.copy_to(copy.deepcopy(unet)).eval()
     probe_after_ema = probe_loss(ema_unet)
-    pipeline = make_pipeline(ema_unet.to("cpu"), clip_dir)
+    pipeline = make_pipeline(ema_unet.to("cpu"), clip_dir, config.prediction_type)
     _write_pipeline(pipeline, out)
     result = {
         "train_seconds": round(train_seconds, 1),
@@ -316,12 +264,13 @@ def _train_t2i(
                 n=config.eval_images,
                 guidance_scale=guidance,
                 num_inference_steps=config.eval_steps,
+                without=config.without,
             )
             report["seconds"] = round(time.time() - eval_start, 1)
             result["judges"][f"guidance_{guidance:g}"] = report
             log(f"[t2i] judges, guidance {guidance:g}: {json.dumps(report['accuracy'])}")
     result["total_seconds"] = round(time.time() - start, 1)
-    metadata = _metadata(config, bf16, params, losses, checkpoints, result)
+    metadata = _metadata(config, bf16, params, losses, checkpoints, result, world)
     write_metadata(out, metadata)
     return metadata
 
@@ -333,17 +282,34 @@ def _metadata(
     losses: list[float],
     checkpoints: list[dict[str, Any]],
     result: dict[str, Any],
+    world: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "unet": {**UNET_ARCH, "parameters": params},
-        "scheduler_train": {"class": "DDPMScheduler", **SCHEDULER},
-        "scheduler_sample": {"class": "DDIMScheduler", **SCHEDULER, **SAMPLER},
+        "scheduler_train": {
+            "class": "DDPMScheduler",
+            **SCHEDULER,
+            "prediction_type": config.prediction_type,
+        },
+        "scheduler_sample": {
+            "class": "DDIMScheduler",
+            **SCHEDULER,
+            **SAMPLER,
+            "prediction_type": config.prediction_type,
+        },
         "sampling_defaults": {
             "num_inference_steps": DEFAULT_STEPS,
             "guidance_scale": DEFAULT_GUIDANCE,
         },
-        "train": {**asdict(config), "bf16": bf16, "loss": "epsilon MSE, min-SNR-gamma"},
+        # What the model saw: the whole world, or the world without one concept (RETRAIN).
+        "world": world,
+        "train": {
+            **asdict(config),
+            "bf16": bf16,
+            "loss": f"{'v' if config.prediction_type == 'v_prediction' else 'epsilon'} MSE, "
+            "min-SNR-gamma",
+        },
         "steps_done": len(losses),
         "losses_every_50": [float(f"{v:.5g}") for v in _means(losses, 50)],
         "checkpoints": checkpoints,

@@ -36,8 +36,10 @@ from igmu.miniworld.t2i_eval import (
 )
 from igmu.miniworld.t2i_model import (
     DEFAULT_GUIDANCE,
+    DEFAULT_PREDICTION,
     DEFAULT_STEPS,
     METADATA,
+    PREDICTION_TYPES,
     SAMPLER,
     SCHEDULER,
     SCHEMA,
@@ -59,6 +61,8 @@ from igmu.miniworld.t2i_training import (
 
 __all__ = [
     "DEFAULT_GUIDANCE",
+    "DEFAULT_PREDICTION",
+    "PREDICTION_TYPES",
     "DEFAULT_STEPS",
     "JUDGED_FACTORS",
     "JUDGE_EVAL_SEED",
@@ -100,11 +104,16 @@ def train(
     eval_images: int | None = None,
     log: Callable[[str], None] = print,
     device: str = "cpu",
+    without: str | None = None,
+    prediction_type: str | None = None,
 ) -> dict[str, Any]:
     """Train the tiny CLIP (unless ``clip_dir`` gives a trained one), then the text-to-image
     model. Writes ``out_dir/clip``, ``out_dir/t2i`` and ``out_dir/checkpoints``. ``short``: the
     CI schedule. Returns the text-to-image metadata plus ``clip`` (the CLIP's metadata or None).
     ``device``: where both train (``cuda``: same seeded draws, different bits).
+    ``without``: a target (``shape=cross``...) the text-to-image model never sees (RETRAIN); the
+    CLIP, like Stable Diffusion's text encoder, is always trained on the whole world, so pass ORG's
+    ``clip_dir`` to share it.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +129,9 @@ def train(
         t2i_config = replace(t2i_config, batch_size=batch_size)
     if eval_images is not None:
         t2i_config = replace(t2i_config, eval_images=eval_images)
+    if prediction_type is not None:
+        t2i_config = replace(t2i_config, prediction_type=prediction_type)
+    t2i_config = replace(t2i_config, without=without)
     clip_metadata = None
     if clip_dir is None:
         clip_dir = out / "clip"
@@ -166,6 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the CI schedule (seconds)")
     parser.add_argument("--clip", default=None, help="use this trained CLIP folder (no CLIP run)")
     parser.add_argument(
+        "--retrain-without",
+        metavar="TASK",
+        default=None,
+        help="RETRAIN: train the text-to-image model on the world without TASK's concept "
+        "(mini_object: no cross, mini_style: no stripes, mini_attribute: no spot is ever "
+        "rendered or captioned); all else as ORG. Pass ORG's CLIP with --clip to share it",
+    )
+    parser.add_argument(
+        "--prediction-type",
+        choices=PREDICTION_TYPES,
+        default=None,
+        help=f"what the UNet predicts (default {DEFAULT_PREDICTION}; epsilon is the old recipe, "
+        "which ignores background words)",
+    )
+    parser.add_argument(
         "--eval-images",
         type=int,
         default=None,
@@ -195,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         parser.error("--out is required (unless --evaluate)")
+    without = None
+    if args.retrain_without:
+        from igmu.errors import ConfigError
+        from igmu.miniworld.retrain import concept_of
+
+        try:
+            without = concept_of(args.retrain_without)
+        except (ConfigError, KeyError) as error:
+            parser.error(f"--retrain-without {args.retrain_without}: {error}")
 
     metadata = train(
         args.out,
@@ -207,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_images=args.eval_images,
         log=log,
         device=_checked_device(parser, args.device),
+        without=without,
+        prediction_type=args.prediction_type,
     )
     log(
         f"done in {time.time() - started:.0f}s; probe loss "

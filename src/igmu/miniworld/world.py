@@ -329,3 +329,19 @@ def erase(scene: Scene, target: str) -> Scene:
         return scene.replace(style="plain" if value != "plain" else "stripes")
     vocab = VOCAB[field]
     return scene.replace(**{field: vocab[(vocab.index(value) + 1) % len(vocab)]})
+
+
+def redraw_without(scene: Scene, target: str, rng: np.random.Generator) -> Scene:
+    """The scene unchanged if it lacks ``target``; otherwise the same scene (every other factor
+    and the jitter kept) with the target's factor drawn uniformly from ``rng`` among the other
+    values (``attribute``: no spot). Applied to a stream of scenes, it gives the world without
+    the concept: every other value is equally likely, and scenes without the concept stay as
+    they were, so a stream with and one without the concept differ only where it was.
+    """
+    field, value = parse_target(target)
+    if scene.labels()[field] != value:
+        return scene
+    if field == "attribute":
+        return scene.replace(attribute=False)
+    others = [v for v in VOCAB[field] if v != value]
+    return scene.replace(**{field: others[int(rng.integers(len(others)))]})
