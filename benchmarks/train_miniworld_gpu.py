@@ -67,7 +67,7 @@ def preflight(device: str) -> dict:
 def command(name: str, work: Path, args: argparse.Namespace, clip: str) -> list[str]:
     cmd = [sys.executable, "-m", "igmu.miniworld.train_t2i", "--out", str(work / name)]
     cmd += ["--clip", clip, "--device", args.device, "--seed", str(args.seed)]
-    cmd += ["--eval-images", str(args.eval_images)]
+    cmd += ["--eval-images", str(args.eval_images), "--render-workers", str(args.render_workers)]
     if args.steps is not None:
         cmd += ["--steps", str(args.steps)]
     if args.short:
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--seed", type=int, default=0)
     add("--sequential", action="store_true", help="one model at a time")
     add("--threads", type=int, default=2, help="CPU threads per run")
+    add("--render-workers", type=int, default=3, help="processes rendering each run's pool")
     add("--deadline", type=float, default=420.0, help="seconds before unfinished runs stop")
     add("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)

@@ -394,3 +394,13 @@ def test_redraw_without_removes_only_the_concept(target, field, others):
     for a, b in zip(whole.scenes, without.scenes, strict=True):
         assert a == b if not has_target(a, target) else not has_target(b, target)
     assert np.array_equal(whole.images[0], render(whole.scenes[0]))
+
+
+def test_render_batch_in_processes_gives_the_same_bytes():
+    from igmu.miniworld.world import render_batch
+
+    scenes = sample_scenes(4, 300)
+    serial = render_batch(scenes)
+    assert serial.shape == (300, 32, 32, 3)
+    assert np.array_equal(render_batch(scenes, workers=2), serial)
+    assert np.array_equal(serial[7], render(scenes[7]))

@@ -49,6 +49,7 @@ from igmu.miniworld.world import (
     Scene,
     redraw_without,
     render,
+    render_batch,
     sample_scene,
 )
 
@@ -196,16 +197,17 @@ class ScenePool:
     ``without`` (a target: ``shape=cross``, ``style=stripes``, ``attribute``) removes a concept:
     each scene that has it gets the concept's factor redrawn among the other values (from a
     generator of its own, so the main stream is untouched); every other scene is the same as in
-    the whole world's pool of that seed.
+    the whole world's pool of that seed. ``workers`` > 1 renders in that many processes (spawned:
+    call it from a module run with ``python -m`` or under ``if __name__ == "__main__"``).
     """
 
-    def __init__(self, size: int, seed: int, without: str | None = None) -> None:
+    def __init__(self, size: int, seed: int, without: str | None = None, workers: int = 1) -> None:
         rng = np.random.default_rng(seed)
         self.scenes = [sample_scene(rng) for _ in range(size)]
         if without is not None:
             spare = np.random.default_rng([seed, 0x5EED])
             self.scenes = [redraw_without(s, without, spare) for s in self.scenes]
-        self.images = np.stack([render(s, IMAGE_SIZE) for s in self.scenes])
+        self.images = render_batch(self.scenes, IMAGE_SIZE, workers)
         self.keys = np.asarray([label_key(s) for s in self.scenes], dtype=np.int64)
 
     def __len__(self) -> int:

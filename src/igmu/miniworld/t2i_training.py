@@ -78,6 +78,7 @@ class T2IConfig:
     prediction_type: str = DEFAULT_PREDICTION
     # RETRAIN: a target (shape=cross, style=stripes, attribute) never rendered nor captioned.
     without: str | None = None
+    render_workers: int = 1  # processes rendering the pool (same bytes; for many-core hosts)
 
 
 # The CI schedule runs on one thread: on shared cores a 2-thread pool fighting other processes
@@ -146,7 +147,7 @@ def _train_t2i(
     log(f"[t2i] UNet {params / 1e6:.2f}M parameters; bf16 autocast: {bf16}")
     scheduler, _ = build_schedulers(config.prediction_type)
     # RETRAIN: the same seeded pool, each scene with the concept redrawn without it.
-    pool = ScenePool(config.pool_size, config.seed + 10, config.without)
+    pool = ScenePool(config.pool_size, config.seed + 10, config.without, config.render_workers)
     batcher = Batcher(pool, tokenizer, encoder, config.uncond_prob, device, observe)
     world = {"version": WORLD_VERSION, "without": config.without}
     if config.without is not None:

@@ -106,6 +106,7 @@ def train(
     device: str = "cpu",
     without: str | None = None,
     prediction_type: str | None = None,
+    render_workers: int = 1,
 ) -> dict[str, Any]:
     """Train the tiny CLIP (unless ``clip_dir`` gives a trained one), then the text-to-image
     model. Writes ``out_dir/clip``, ``out_dir/t2i`` and ``out_dir/checkpoints``. ``short``: the
@@ -131,7 +132,7 @@ def train(
         t2i_config = replace(t2i_config, eval_images=eval_images)
     if prediction_type is not None:
         t2i_config = replace(t2i_config, prediction_type=prediction_type)
-    t2i_config = replace(t2i_config, without=without)
+    t2i_config = replace(t2i_config, without=without, render_workers=render_workers)
     clip_metadata = None
     if clip_dir is None:
         clip_dir = out / "clip"
@@ -184,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         help="RETRAIN: train the text-to-image model on the world without TASK's concept "
         "(mini_object: no cross, mini_style: no stripes, mini_attribute: no spot is ever "
         "rendered or captioned); all else as ORG. Pass ORG's CLIP with --clip to share it",
+    )
+    parser.add_argument(
+        "--render-workers",
+        type=int,
+        default=1,
+        help="processes rendering the text-to-image training pool (same images; default 1)",
     )
     parser.add_argument(
         "--prediction-type",
@@ -245,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         device=_checked_device(parser, args.device),
         without=without,
         prediction_type=args.prediction_type,
+        render_workers=args.render_workers,
     )
     log(
         f"done in {time.time() - started:.0f}s; probe loss "
