@@ -385,3 +385,21 @@ def test_training_batches_tokenize_each_caption_once_with_the_same_ids() -> None
         captions = [caption_mix(pool.scenes[i], rng) for i in rng.integers(0, 16, 12)] + ["", ""]
         assert torch.equal(batcher.ids(captions), tokenize(tokenizer, captions))
     assert len(batcher.token_ids) < 4 * 14  # repeats were not tokenized again
+
+
+def test_loss_weights_keep_the_high_noise_steps() -> None:
+    """v: the x0 error counts min(SNR + 1, 5), so 1 at t = 999 where the sampler decides the
+    background; epsilon (the old recipe): min(SNR, 5), about 2e-9 there."""
+    from igmu.miniworld.t2i_model import build_schedulers
+    from igmu.miniworld.t2i_objective import snr_weights
+
+    scheduler, sampler = build_schedulers()
+    assert scheduler.config.prediction_type == sampler.config.prediction_type == "v_prediction"
+    alphas = scheduler.alphas_cumprod
+    t = torch.tensor([0, 300, 500, 900, 999])
+    snr = alphas[t] / (1 - alphas[t])
+    as_x0_v = snr_weights(alphas, t, 5.0, "v_prediction") * (snr + 1)
+    as_x0_eps = snr_weights(alphas, t, 5.0, "epsilon") * snr
+    assert torch.allclose(as_x0_v, torch.minimum(snr + 1, torch.tensor(5.0)))
+    assert torch.allclose(as_x0_eps, torch.minimum(snr, torch.tensor(5.0)))
+    assert as_x0_v[-1] == pytest.approx(1.0) and as_x0_eps[-1] < 1e-8

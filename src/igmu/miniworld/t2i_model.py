@@ -44,10 +44,11 @@ SCHEDULER: dict[str, Any] = {
     "clip_sample_range": 1.0,
 }
 # What the UNet predicts. The cosine schedule ends at SNR 2e-9, where an epsilon prediction
-# carries no information about the image (x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), sqrt(a) = 5e-5)
-# and the epsilon loss barely weighs the steps where the image's layout is decided: the shipped
-# epsilon model left the background to the initial noise. v ("velocity", Salimans & Ho 2022)
-# predicts -x0 at that step; see docs/design/miniworld.md.
+# carries no information about the image (x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), sqrt(a) = 5e-5):
+# the shipped epsilon model left the background, decided in the first sampling steps, to the
+# initial noise. v ("velocity", Salimans & Ho 2022) is -x0 at that step, so the caption can set
+# it; the loss weighting that goes with it is in t2i_objective.snr_weights. See
+# docs/design/miniworld.md for the measurements.
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 DEFAULT_PREDICTION = "v_prediction"
 SAMPLER: dict[str, Any] = {"timestep_spacing": "trailing", "set_alpha_to_one": True}

@@ -1,7 +1,8 @@
 """Training the MiniWorld text-to-image model: Stable Diffusion 1.x's recipe in pixel space.
 
-- Loss: v-prediction MSE (epsilon before: ``prediction_type``) with min-SNR-gamma weighting
-  (gamma 5, Hang et al. 2023).
+- Loss: v-prediction MSE weighted so the x0 error counts min(SNR + 1, 5) (min-SNR-gamma, Hang
+  et al. 2023, with a floor of 1 at high noise, where the layout and background are decided);
+  ``prediction_type="epsilon"`` is the old recipe (epsilon MSE, min-SNR-5).
 - Data: a seeded pool of rendered scenes; ``without`` removes a concept from it (RETRAIN: each
   scene with the concept gets that factor redrawn among the other values, so it is never
   rendered, hence never captioned); every other scene, the draws and the schedule as ORG's.
@@ -308,8 +309,9 @@ def _metadata(
         "train": {
             **asdict(config),
             "bf16": bf16,
-            "loss": f"{'v' if config.prediction_type == 'v_prediction' else 'epsilon'} MSE, "
-            "min-SNR-gamma",
+            "loss": "v MSE, x0 error weighted min(SNR + 1, gamma)"
+            if config.prediction_type == "v_prediction"
+            else "epsilon MSE, min-SNR-gamma",
         },
         "steps_done": len(losses),
         "losses_every_50": [float(f"{v:.5g}") for v in _means(losses, 50)],
