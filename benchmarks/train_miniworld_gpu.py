@@ -87,6 +87,11 @@ def run_all(names: list[str], work: Path, logs: Path, args: argparse.Namespace, 
     pending = list(names)
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
     while pending or running:
+        if pending and time.time() > deadline:
+            for name in pending:  # never started: no time left
+                results[name] = {"returncode": None, "skipped": "deadline"}
+                print(f"{name}: not started (deadline)", flush=True)
+            pending.clear()
         while pending and (not args.sequential or not running):
             name = pending.pop(0)
             handle = open(logs / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115
@@ -101,7 +106,11 @@ def run_all(names: list[str], work: Path, logs: Path, args: argparse.Namespace, 
             if code is None and time.time() > deadline:
                 # The pipeline folder of the last checkpoint (every 500 steps) stays.
                 process.send_signal(signal.SIGTERM)
-                code = process.wait(30)
+                try:
+                    code = process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    code = process.wait()
             if code is not None:
                 handle.close()
                 results[name] = {"returncode": code, "wall_s": round(time.time() - started, 1)}
