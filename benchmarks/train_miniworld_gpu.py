@@ -41,14 +41,28 @@ ROOT = Path(__file__).resolve().parents[1]
 def preflight(device: str) -> dict:
     """Versions and the device, checked before anything starts (a missing wheel fails here)."""
     import diffusers
+    import numpy
+    import PIL
+    import safetensors
+    import scipy
     import torch
     import transformers
+    import yaml
+
+    import igmu.miniworld.t2i_training  # noqa: F401  (igmu and what training imports)
 
     info = {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
+        "numpy, scipy, pillow, pyyaml, safetensors": [
+            numpy.__version__,
+            scipy.__version__,
+            PIL.__version__,
+            yaml.__version__,
+            safetensors.__version__,
+        ],
         "device": device,
     }
     if device.startswith("cuda"):
