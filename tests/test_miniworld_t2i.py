@@ -170,6 +170,10 @@ def test_shipped_model_draws_what_is_asked() -> None:
     accuracy = report["accuracy"]
     assert accuracy["colour"] >= 0.85, report
     assert accuracy["shape"] >= 0.5, report
+    if pipeline.scheduler.config.prediction_type == "v_prediction":
+        # The fixed recipe (v, x0 floor) draws the background it is asked for; the epsilon model
+        # shipped before it does not (23% at guidance 2), which is why this waits for it.
+        assert accuracy["background"] >= 0.85, report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,6 +342,9 @@ def test_retrain_cli_and_model_dir(tmp_path) -> None:
         if (default_retrain_root() / task / "model_index.json").is_file():
             assert folder == default_retrain_root() / task
             assert isinstance(load_pipeline(folder), MiniWorldPipeline)
+            # The gold standard never draws what it never saw (ORG: about 100%).
+            judged = json.loads((folder / METADATA).read_text())["judges"]["guidance_2"]
+            assert judged["concept"]["residual"] <= 0.2, (task, judged["concept"])
         else:
             assert folder is None
 
