@@ -82,6 +82,7 @@ def command(name: str, work: Path, args: argparse.Namespace, clip: str) -> list[
     cmd = [sys.executable, "-m", "igmu.miniworld.train_t2i", "--out", str(work / name)]
     cmd += ["--clip", clip, "--device", args.device, "--seed", str(args.seed)]
     cmd += ["--eval-images", str(args.eval_images), "--render-workers", str(args.render_workers)]
+    cmd += ["--threads", str(args.threads)]
     if args.steps is not None:
         cmd += ["--steps", str(args.steps)]
     if args.short:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--eval-images", type=int, default=192, help="prompts per guidance scale, judge eval")
     add("--seed", type=int, default=0)
     add("--sequential", action="store_true", help="one model at a time")
-    add("--threads", type=int, default=2, help="CPU threads per run")
+    add("--threads", type=int, default=2, help="torch CPU threads per run (1 on a small CPU)")
     add("--render-workers", type=int, default=3, help="processes rendering each run's pool")
     add("--deadline", type=float, default=420.0, help="seconds before unfinished runs stop")
     add("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")

@@ -107,6 +107,7 @@ def train(
     without: str | None = None,
     prediction_type: str | None = None,
     render_workers: int = 1,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train the tiny CLIP (unless ``clip_dir`` gives a trained one), then the text-to-image
     model. Writes ``out_dir/clip``, ``out_dir/t2i`` and ``out_dir/checkpoints``. ``short``: the
@@ -133,6 +134,8 @@ def train(
     if prediction_type is not None:
         t2i_config = replace(t2i_config, prediction_type=prediction_type)
     t2i_config = replace(t2i_config, without=without, render_workers=render_workers)
+    if threads is not None:
+        t2i_config = replace(t2i_config, threads=threads)
     clip_metadata = None
     if clip_dir is None:
         clip_dir = out / "clip"
@@ -185,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         help="RETRAIN: train the text-to-image model on the world without TASK's concept "
         "(mini_object: no cross, mini_style: no stripes, mini_attribute: no spot is ever "
         "rendered or captioned); all else as ORG. Pass ORG's CLIP with --clip to share it",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"torch CPU threads (default {T2IConfig.threads}; short {SHORT_T2I.threads}); "
+        "1 when several trainings share few cores",
     )
     parser.add_argument(
         "--render-workers",
@@ -253,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         without=without,
         prediction_type=args.prediction_type,
         render_workers=args.render_workers,
+        threads=args.threads,
     )
     log(
         f"done in {time.time() - started:.0f}s; probe loss "
