@@ -63,6 +63,7 @@ def test_shipped_judges_metadata(judge):
 def test_shipped_judges_classify_fresh_renders(judge, fresh):
     scenes, images = fresh
     predicted = judge.predict(images)
+    assert set(predicted) == {*WORLD_HEADS, "background"}
     for head in WORLD_HEADS:
         truth = [s.labels()[head] for s in scenes]
         accuracy = np.mean([p == t for p, t in zip(predicted[head], truth, strict=True)])
@@ -152,7 +153,8 @@ def test_training_is_generic_and_deterministic(tmp_path):
     assert info["n"] == 16 and len(info["ci"]) == 2 and info["classes"]
     loaded = Judge(tmp_path / "a")
     assert loaded.input_size == 16
-    assert set(loaded.predict([render(sample_scene(0))])) == set(WORLD_HEADS)
+    # a judge with the world's heads also reads the background (by rule, not by weights)
+    assert set(loaded.predict([render(sample_scene(0))])) == {*WORLD_HEADS, "background"}
     # A plain folder layout (no manifest) trains one head named "class".
     plain = tmp_path / "plain"
     for split, n in (("train", 6), ("test", 2)):
@@ -169,6 +171,7 @@ def test_training_is_generic_and_deterministic(tmp_path):
         "cross",
     ]
     assert meta["data"]["manifest_sha256"] is None
+    assert set(Judge(tmp_path / "c").classes) == {"class"}  # a generic judge gets no rule head
 
 
 @pytest.mark.parametrize("name", ["mini_object", "mini_style", "mini_attribute"])
@@ -190,3 +193,76 @@ def test_oracle_model_and_eraser_on_the_mini_tasks(name):
         )
         assert np.mean([detector.verdict(r).flagged for r in drawn]) >= 0.98, set_name
         assert np.mean([detector.verdict(r).flagged for r in erased]) <= 0.02, set_name
+
+
+def test_background_rule_reads_every_true_background(judge):
+    """The border rule against the renderer: every background right, at every image size, for
+    every shape and texture, including the subject at its largest and farthest from the centre."""
+    from igmu.miniworld.judge_background import RING, ring_mask
+    from igmu.miniworld.world import (
+        BACKGROUNDS,
+        COLOURS,
+        MAX_OFFSET,
+        SCALE_RANGE,
+        SHAPES,
+        STYLES,
+        subject_coverage,
+    )
+
+    rng = np.random.default_rng(FRESH_SEED + 2)
+    scenes = [sample_scene(rng) for _ in range(300)]
+    far = MAX_OFFSET
+    scenes += [
+        Scene(shape, colour, style, bool(i % 2), bg, dx=sx * far, dy=sy * far, scale=SCALE_RANGE[1])
+        for i, (shape, colour, style, bg) in enumerate(
+            (s, c, t, b)
+            for s in SHAPES
+            for c in COLOURS[:2]
+            for t in STYLES[:2]
+            for b in BACKGROUNDS
+        )
+        for sx in (-1, 1)
+        for sy in (-1, 1)
+    ]
+    # Why the rule is exact: the subject never covers a ring pixel.
+    assert all(subject_coverage(s)[ring_mask(32, RING)].max() == 0 for s in scenes)
+    for size in (32, 24, 48, 64):
+        images = [render(s, size) for s in scenes]
+        predicted = judge.predict(images)["background"]
+        assert predicted == [s.background for s in scenes], size
+        probs = judge.predict_proba(images)["background"]
+        assert np.all(probs.max(axis=1) == 1.0)  # every ring pixel agrees on a true render
+
+
+def test_background_rule_says_other_for_a_wash(judge):
+    """A model that paints no asked background is not right by accident."""
+    washes = [np.full((32, 32, 3), value, dtype=np.uint8) for value in (195, 90, 242, 140, 22)]
+    washes.append(np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (32, 1, 3)))
+    assert judge.predict(washes)["background"] == [
+        "other",
+        "other",
+        "white",
+        "grey",
+        "black",
+        "other",
+    ]
+
+
+def test_detector_checks_the_background_a_prompt_names():
+    detector = build_detector("mini_judge:shape=cross", models_config())
+    assert detector.prompt_labels("a red cross on a black background") == {
+        "shape": "cross",
+        "colour": "red",
+        "style": "plain",
+        "attribute": "no_spot",
+        "background": "black",
+    }
+    assert "background" not in detector.prompt_labels("a red cross with stripes")
+    assert detector.prompt_labels("ein rotes Kreuz vor grauem Hintergrund")["background"] == "grey"
+    raw = detector.analyse([render(Scene("cross", "red", background="white"))])[0]
+    assert detector.verdict(raw).details["drawn"]["background"] == "white"
+    background = build_detector("mini_judge:background=white", models_config())
+    assert background.verdict(raw).flagged and background.verdict(raw).score == 1.0
+    assert background.describe()["rule"] and background.describe()["held_out_accuracy"] is None
+    # The raw outputs changed (one more head): the cache key says so.
+    assert detector.model_fingerprint.endswith("+bg1")

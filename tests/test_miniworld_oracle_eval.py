@@ -11,18 +11,30 @@ import pytest
 from PIL import Image
 
 from helpers import read_csv, run_cli
-from igmu.miniworld.oracle import oracle_image
+from igmu.miniworld.oracle import oracle_image, oracle_scene, parse_caption
+from igmu.miniworld.world import BACKGROUNDS, render
 from igmu.tasks import load_task
 
 TARGETS = {"mini_attribute": "attribute", "mini_style": "style=stripes",
            "mini_object": "shape=cross"}
 
 
+def _wrong_background(prompt: str, seed: int):
+    """The oracle's scene with the next background: right in everything but the background."""
+    scene = oracle_scene(prompt, seed)
+    following = BACKGROUNDS[(BACKGROUNDS.index(scene.background) + 1) % len(BACKGROUNDS)]
+    return render(scene.replace(background=following))
+
+
 def _write(root: Path, method: str, prompt_set: str, class_name: str, index: int, seed: int,
            prompt: str, without: str | None, rows: list) -> None:
     path = root / method / prompt_set / f"{class_name}_{index}_{seed}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(oracle_image(prompt, seed, without=without)).save(path)
+    if method == "WRONGBG":
+        image = _wrong_background(prompt, seed)
+    else:
+        image = oracle_image(prompt, seed, without=without)
+    Image.fromarray(image).save(path)
     rows.append({"method": method, "prompt_set": prompt_set, "class_name": class_name,
                  "prompt_index": index, "seed": seed, "prompt": prompt,
                  "path": str(path.relative_to(root))})
@@ -41,7 +53,7 @@ def oracle_manifest(root: Path, task_name: str, prompts_per_class: int = 6) -> P
                 for seed in range(2):
                     methods = {"ORG": None}
                     if prompt_set != "stripped":
-                        methods.update({"NOOP": None, "ERASER": target})
+                        methods.update({"NOOP": None, "ERASER": target, "WRONGBG": None})
                     for method, without in methods.items():
                         if prompt_set in ("stripped", "unrelated", "related"):
                             without = None  # the eraser leaves other content alone
@@ -92,6 +104,16 @@ def test_oracle_eraser_and_noop(task_name: str, world_models: Path, tmp_path: Pa
         # the renderer is the ground truth: its images are at distance ~0 from it
         assert float(rows[(method, "fid_world")]["value"]) == pytest.approx(0.0, abs=1e-3)
     assert rows[("ERASER", "prompt_accuracy.forget")]["aspect"] == "preservation"
+    # A model right in everything but the background is right exactly on the prompts that name
+    # no background.
+    unrelated = [json.loads(line) for line in manifest.read_text().splitlines()]
+    unrelated = [
+        r["prompt"] for r in unrelated if (r["method"], r["prompt_set"]) == ("WRONGBG", "unrelated")
+    ]
+    open_background = sum("background" not in parse_caption(p) for p in unrelated) / len(unrelated)
+    assert 0.05 < open_background < 0.95
+    wrong_bg = float(rows[("WRONGBG", "prompt_accuracy.unrelated")]["value"])
+    assert wrong_bg == pytest.approx(open_background, abs=0.02)
     assert rows[("ORG", "fid_world")]["aspect"] == "fidelity"
     aspects = {r["aspect"] for r in rows.values()}
     assert {"forgetting", "fidelity", "preservation", "alignment", "robustness"} <= aspects

@@ -44,7 +44,8 @@ def test_short_schedule_trains_judges_through_the_layout(short_run) -> None:
 
     out, _ = short_run
     judge = Judge(out / "judges")
-    assert set(judge.classes) == {"shape", "colour", "style", "attribute"}
+    assert set(judge.classes) == {"shape", "colour", "style", "attribute", "background"}
+    assert set(judge.metadata["heads"]) == {"shape", "colour", "style", "attribute"}
     assert judge.predict([np.zeros((32, 32, 3), dtype=np.uint8)])["shape"][0] in SHAPES
 
 
@@ -170,3 +171,243 @@ def test_shipped_model_draws_what_is_asked() -> None:
     accuracy = report["accuracy"]
     assert accuracy["colour"] >= 0.85, report
     assert accuracy["shape"] >= 0.5, report
+    if pipeline.scheduler.config.prediction_type == "v_prediction":
+        # The fixed recipe (v, x0 floor) draws the background it is asked for; the epsilon model
+        # shipped before it does not (23% at guidance 2), which is why this waits for it.
+        assert accuracy["background"] >= 0.85, report
+
+
+# ---------------------------------------------------------------------------------------------
+# RETRAIN: the same training on the world without the task's concept
+
+CONCEPTS = {
+    "mini_object": "shape=cross",
+    "mini_style": "style=stripes",
+    "mini_attribute": "attribute",
+}
+
+
+def concept_phrases(target: str) -> list[str]:
+    """Every phrase that names the concept in the caption templates: all languages, both
+    grammatical forms, the English paraphrases."""
+    from igmu.miniworld import captions as C
+    from igmu.miniworld.world import parse_target
+
+    field, value = parse_target(target)
+    if field == "shape":
+        phrases = [C.EN_SHAPE[value], *C.EN_PARA_SHAPE[value], C.ZH_SHAPE[value]]
+        phrases += [table[value][0] for table in (C.DE_SHAPE, C.FR_SHAPE, C.ES_SHAPE, C.IT_SHAPE)]
+    elif field == "style":
+        phrases = [C.EN_STYLE_ADJ[value], C.EN_STYLE_WITH[value], C.EN_PARA_STYLE_ADJ[value]]
+        phrases += [*C.EN_PARA_STYLE_WITH[value], C.DE_STYLE_ADJ[value], C.DE_STYLE_WITH[value]]
+        for adjectives, with_ in (
+            (C.FR_STYLE_ADJ, C.FR_STYLE_WITH),
+            (C.ES_STYLE_ADJ, C.ES_STYLE_WITH),
+            (C.IT_STYLE_ADJ, C.IT_STYLE_WITH),
+        ):
+            phrases += [*adjectives[value], with_[value]]
+        phrases += [C.ZH_STYLE_ADJ[value], C.ZH_STYLE_WITH[value]]
+    else:
+        phrases = [*C.EN_SPOT, *C.EN_PARA_SPOT, C.DE_SPOT, C.FR_SPOT, C.ES_SPOT, C.IT_SPOT]
+        phrases.append(C.ZH_SPOT)
+    return [p.lower() for p in phrases]
+
+
+def names_concept(caption: str, target: str) -> bool:
+    """Whether a caption names the concept, read twice: by the oracle's caption parser, and by
+    looking for the templates' phrases (at a word start; anywhere in Chinese)."""
+    import re
+
+    from igmu.miniworld.oracle import parse_caption
+    from igmu.miniworld.world import parse_target
+
+    field, value = parse_target(target)
+    asked = parse_caption(caption).get(field)
+    by_parser = asked is True if field == "attribute" else asked == value
+    text = caption.lower()
+    # Latin-script phrases must start a word (German adjectives then match with any ending);
+    # Chinese has no word boundaries.
+    starts = [
+        (r"(?<!\w)" if p[0] < "\u3000" else "") + re.escape(p) for p in concept_phrases(target)
+    ]
+    by_phrases = any(re.search(pattern, text) for pattern in starts)
+    assert by_parser == by_phrases, caption  # two independent readings agree
+    return by_parser
+
+
+def short_stream(out: Path, without: str | None) -> tuple[list, list[str], dict]:
+    """Train on the CI schedule (shipped CLIP) and record every scene and caption it was shown."""
+    from dataclasses import replace
+
+    from igmu.miniworld.t2i_training import SHORT_T2I, train_t2i
+
+    scenes: list = []
+    captions: list[str] = []
+
+    def observe(batch_scenes: list, batch_captions: list[str]) -> None:
+        scenes.extend(batch_scenes)
+        captions.extend(batch_captions)
+
+    config = replace(SHORT_T2I, without=without)
+    metadata = train_t2i(out, default_clip_dir(), config, lambda _: None, observe=observe)
+    return scenes, captions, metadata
+
+
+@pytest.fixture(scope="module")
+def org_stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list[str], dict]:
+    return short_stream(tmp_path_factory.mktemp("org") / "t2i", None)
+
+
+def test_org_stream_shows_every_concept(org_stream) -> None:
+    from igmu.miniworld.world import has_target
+
+    scenes, captions, metadata = org_stream
+    assert metadata["world"]["without"] is None
+    assert len(scenes) == len(captions) == 30 * 8 + 16  # every step and the probe batch
+    for target in CONCEPTS.values():
+        assert sum(has_target(s, target) for s in scenes) >= 20, target
+        assert sum(names_concept(c, target) for c in captions) >= 10, target
+
+
+@pytest.mark.parametrize("task", sorted(CONCEPTS))
+def test_retrain_stream_never_shows_the_concept(task, org_stream, tmp_path) -> None:
+    """The data a RETRAIN run trains on: no scene has the concept, no caption names it in any
+    language or paraphrase, and the stream is ORG's except where ORG showed the concept."""
+    from igmu.miniworld.retrain import concept_of
+    from igmu.miniworld.world import has_target, parse_target
+
+    target = concept_of(task)
+    assert target == CONCEPTS[task]
+    scenes, captions, metadata = short_stream(tmp_path / "t2i", target)
+    assert metadata["world"] == {"version": 1, "without": target, "pool_scenes_with_concept": 0}
+    assert metadata["train"]["without"] == target
+    assert not any(has_target(s, target) for s in scenes)
+    assert not any(names_concept(c, target) for c in captions)
+    org_scenes, org_captions, _ = org_stream
+    field, _ = parse_target(target)
+    changed = 0
+    for org, new, org_caption, caption in zip(
+        org_scenes, scenes, org_captions, captions, strict=True
+    ):
+        if has_target(org, target):
+            changed += 1
+            assert org.replace(**{field: getattr(new, field)}) == new  # only the concept moved
+        else:
+            assert (org, org_caption) == (new, caption)
+    assert changed >= 20
+    assert (tmp_path / "t2i" / "model_index.json").is_file()
+
+
+def test_retrain_cli_and_model_dir(tmp_path) -> None:
+    """`igmu miniworld train --retrain-without TASK` as a user runs it; `retrain_model_dir` finds
+    a folder trained without the task's concept, refuses one that was not, and is None without."""
+    import shutil
+
+    from igmu.errors import ModelNotFoundError
+    from igmu.miniworld.retrain import default_retrain_root, retrain_model_dir
+
+    out = tmp_path / "retrain"
+    result = run_cli(
+        "miniworld", "train", "--out", out, "--short", "--retrain-without", "mini_object"
+    )
+    assert f"miniworld models in {out}" in result.stdout
+    assert not (out / "judges").exists() and not (out / "clip").exists()  # shared, not retrained
+    metadata = json.loads((out / "t2i" / METADATA).read_text())
+    assert metadata["world"]["without"] == "shape=cross"
+    assert metadata["world"]["pool_scenes_with_concept"] == 0
+
+    root = tmp_path / "weights"
+    assert retrain_model_dir("mini_object", root) is None
+    shutil.copytree(out / "t2i", root / "mini_object")
+    assert retrain_model_dir("mini_object", root) == root / "mini_object"
+    assert retrain_model_dir("mini_style", root) is None
+    assert retrain_model_dir("nudity", root) is None  # not a mini task: no RETRAIN
+    shutil.copytree(out / "t2i", root / "mini_style")  # trained without the cross, not stripes
+    with pytest.raises(ModelNotFoundError, match="world.without"):
+        retrain_model_dir("mini_style", root)
+    bad = run_cli(
+        "miniworld",
+        "train",
+        "--out",
+        tmp_path / "x",
+        "--short",
+        "--retrain-without",
+        "van_gogh",
+        check=False,
+    )
+    assert bad.returncode != 0 and "mini_judge" in bad.stderr
+
+    # The shipped weights: a RETRAIN folder per mini task once trained, loadable; else None.
+    for task in CONCEPTS:
+        folder = retrain_model_dir(task)
+        if (default_retrain_root() / task / "model_index.json").is_file():
+            assert folder == default_retrain_root() / task
+            assert isinstance(load_pipeline(folder), MiniWorldPipeline)
+            # The gold standard never draws what it never saw (ORG: about 100%).
+            judged = json.loads((folder / METADATA).read_text())["judges"]["guidance_2"]
+            assert judged["concept"]["residual"] <= 0.2, (task, judged["concept"])
+        else:
+            assert folder is None
+
+
+def test_gpu_training_script_logic_on_cpu(tmp_path) -> None:
+    """benchmarks/train_miniworld_gpu.sh on the CPU with the CI schedule: ORG and one RETRAIN as
+    parallel processes, judged, laid out as igmu/miniworld/weights wants them."""
+    import subprocess
+
+    from igmu.miniworld.retrain import retrain_model_dir
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu"
+    result = subprocess.run(
+        ["bash", str(root / "benchmarks" / "train_miniworld_gpu.sh"), str(out), "--device", "cpu",
+         "--short", "--eval-images", "4", "--tasks", "mini_object", "--threads", "1"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["models"]) == {"org", "retrain_mini_object"}
+    assert summary["environment"]["device"] == "cpu"
+    org, retrain = summary["models"]["org"], summary["models"]["retrain_mini_object"]
+    assert org["returncode"] == retrain["returncode"] == 0
+    assert org["world"]["without"] is None and retrain["world"]["without"] == "shape=cross"
+    assert org["steps_done"] == retrain["steps_done"] == 30
+    assert isinstance(load_pipeline(out / "weights" / "t2i"), MiniWorldPipeline)
+    assert retrain_model_dir("mini_object", out / "weights" / "retrain") is not None
+    judged = retrain["judges"]["guidance_2"]
+    assert judged["concept"]["target"] == "shape=cross" and judged["concept"]["n"] == 1
+    assert set(judged["accuracy"]) == {"shape", "colour", "style", "attribute", "background", "all"}
+    assert (out / "logs" / "org.log").is_file() and "org:" in result.stdout
+
+
+def test_training_batches_tokenize_each_caption_once_with_the_same_ids() -> None:
+    from igmu.miniworld.captions import caption_mix
+    from igmu.miniworld.clip_train import ScenePool, tokenize
+    from igmu.miniworld.t2i_objective import Batcher
+
+    _, tokenizer = load_clip()
+    pool = ScenePool(16, 1)
+    batcher = Batcher(pool, tokenizer, None, 0.1, "cpu")
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        captions = [caption_mix(pool.scenes[i], rng) for i in rng.integers(0, 16, 12)] + ["", ""]
+        assert torch.equal(batcher.ids(captions), tokenize(tokenizer, captions))
+    assert len(batcher.token_ids) < 4 * 14  # repeats were not tokenized again
+
+
+def test_loss_weights_keep_the_high_noise_steps() -> None:
+    """v: the x0 error counts min(SNR + 1, 5), so 1 at t = 999 where the sampler decides the
+    background; epsilon (the old recipe): min(SNR, 5), about 2e-9 there."""
+    from igmu.miniworld.t2i_model import build_schedulers
+    from igmu.miniworld.t2i_objective import snr_weights
+
+    scheduler, sampler = build_schedulers()
+    assert scheduler.config.prediction_type == sampler.config.prediction_type == "v_prediction"
+    alphas = scheduler.alphas_cumprod
+    t = torch.tensor([0, 300, 500, 900, 999])
+    snr = alphas[t] / (1 - alphas[t])
+    as_x0_v = snr_weights(alphas, t, 5.0, "v_prediction") * (snr + 1)
+    as_x0_eps = snr_weights(alphas, t, 5.0, "epsilon") * snr
+    assert torch.allclose(as_x0_v, torch.minimum(snr + 1, torch.tensor(5.0)))
+    assert torch.allclose(as_x0_eps, torch.minimum(snr, torch.tensor(5.0)))
+    assert as_x0_v[-1] == pytest.approx(1.0) and as_x0_eps[-1] < 1e-8

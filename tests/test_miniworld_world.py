@@ -363,3 +363,44 @@ def test_oracle_images_follow_the_prompt():
     assert np.array_equal(
         oracle_image(prompt, 7, without="attribute"), render(scene.replace(attribute=False))
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "field", "others"),
+    [
+        ("shape=cross", "shape", ("circle", "square", "triangle")),
+        ("style=stripes", "style", ("plain", "dots", "checker")),
+        ("attribute", "attribute", (False,)),
+    ],
+)
+def test_redraw_without_removes_only_the_concept(target, field, others):
+    """RETRAIN's world: scenes without the concept are untouched; scenes with it keep every other
+    factor and the jitter, and the concept's factor is spread evenly over the other values."""
+    from igmu.miniworld.clip_train import ScenePool
+    from igmu.miniworld.world import redraw_without
+
+    rng = np.random.default_rng(5)
+    scenes = sample_scenes(11, 3000)
+    redrawn = [redraw_without(s, target, rng) for s in scenes]
+    assert not any(has_target(s, target) for s in redrawn)
+    moved = [(a, b) for a, b in zip(scenes, redrawn, strict=True) if a != b]
+    assert len(moved) == sum(has_target(s, target) for s in scenes) > 300
+    for before, after in moved:
+        assert before.replace(**{field: getattr(after, field)}) == after
+    counts = {v: sum(getattr(b, field) == v for _, b in moved) for v in others}
+    assert min(counts.values()) > 0.8 * len(moved) / len(others)  # even, not one fixed value
+    # The training pool: the whole world's pool of the same seed, concept scenes redrawn.
+    whole, without = ScenePool(64, 3), ScenePool(64, 3, target)
+    for a, b in zip(whole.scenes, without.scenes, strict=True):
+        assert a == b if not has_target(a, target) else not has_target(b, target)
+    assert np.array_equal(whole.images[0], render(whole.scenes[0]))
+
+
+def test_render_batch_in_processes_gives_the_same_bytes():
+    from igmu.miniworld.world import render_batch
+
+    scenes = sample_scenes(4, 300)
+    serial = render_batch(scenes)
+    assert serial.shape == (300, 32, 32, 3)
+    assert np.array_equal(render_batch(scenes, workers=2), serial)
+    assert np.array_equal(serial[7], render(scenes[7]))

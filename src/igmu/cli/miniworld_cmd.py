@@ -16,7 +16,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="miniworld_command", metavar="SUBCOMMAND")
     sub.required = True
     train = sub.add_parser(
-        "train", help="train judges, then CLIP, then the text-to-image model into --out",
+        "train", help="train judges, then CLIP, then the text-to-image model into --out "
+        "(or, with --retrain-without TASK, a RETRAIN text-to-image model)",
         description="Train every MiniWorld model: judges (DataIGM layout), the tiny CLIP "
         "(contrastive) and the tiny text-to-image model (diffusion). --short runs the CI "
         "schedule in about a minute; the full schedule's time is in docs/design/miniworld.md.",
@@ -29,6 +30,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--device", default="cpu",
                        help="where CLIP and the text-to-image model train: cpu (default, "
                        "bit-reproducible) or cuda; judges always train on the CPU")
+    train.add_argument("--clip", type=Path, metavar="DIR",
+                       help="use this trained tiny CLIP (e.g. the shipped "
+                       "igmu/miniworld/weights/clip) instead of training one")
+    train.add_argument("--retrain-without", metavar="TASK",
+                       help="RETRAIN, the gold standard: train only the text-to-image model, from "
+                       "scratch, on the world without TASK's concept (mini_object: no cross, "
+                       "mini_style: no stripes, mini_attribute: no white spot is ever rendered "
+                       "or captioned); schedule, seed and caption mix as ORG's, the CLIP from "
+                       "--clip (default: the shipped one, as ORG's). Writes --out/t2i; copy it "
+                       "to igmu/miniworld/weights/retrain/TASK to ship it")
     train.set_defaults(handler=run_train)
     judges = sub.add_parser(
         "judges", help="train or evaluate judges only (see --help of each)", add_help=False,
@@ -47,15 +58,23 @@ def run_judges(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from igmu.miniworld import judges, train_t2i
+    from igmu.miniworld.clip_train import default_clip_dir
 
     started = time.perf_counter()
-    judge_args = ["train", "--out", str(args.out / "judges"), "--seed", str(args.seed)]
-    if args.short:
-        judge_args += ["--n-train", "400", "--n-test", "200", "--epochs", "1", "--threads", "1"]
-    code = judges.main(judge_args)
-    if code:
-        return int(code)
+    if not args.retrain_without:  # judges belong to the world, not to one model: ORG runs only
+        judge_args = ["train", "--out", str(args.out / "judges"), "--seed", str(args.seed)]
+        if args.short:
+            judge_args += ["--n-train", "400", "--n-test", "200", "--epochs", "1",
+                           "--threads", "1"]
+        code = judges.main(judge_args)
+        if code:
+            return int(code)
     t2i_args = ["--out", str(args.out), "--seed", str(args.seed)]
+    clip = args.clip or (default_clip_dir() if args.retrain_without else None)
+    if clip is not None:
+        t2i_args += ["--clip", str(clip)]
+    if args.retrain_without:
+        t2i_args += ["--retrain-without", args.retrain_without]
     if args.short:
         t2i_args.append("--short")
     if args.steps is not None:

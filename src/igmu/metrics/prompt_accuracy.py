@@ -1,8 +1,10 @@
 """prompt_accuracy: share of images that show everything their prompt asks for, per a judge.
 
 Ground truth exists where a judge reads every factor a prompt names (the MiniWorld: shape,
-colour, texture, white spot). An image counts as correct when the judge's most likely class
-matches the prompt on every judged factor the prompt names.
+colour, texture, white spot and background). An image counts as correct when the judge's most
+likely class matches the prompt on every judged factor the prompt names; factors the prompt leaves
+open (a background it does not mention) are not checked. Each sample keeps what was asked, what
+was drawn and which factors were wrong, so a report can say why an image failed.
 
 - ``prompt_accuracy.unrelated`` / ``.related`` (preservation): did unlearning break what it should
   have left alone? Every named factor is checked.

@@ -16,10 +16,11 @@ CLIP's symmetric cross-entropy, with every pair in the batch whose scenes have t
 counted as a positive (the world has only 384 label combinations, so a batch holds duplicates).
 Light pixel noise / blur augmentation keeps the image tower usable on generated images.
 
-Held-out evaluation (``zero_shot_accuracy``): renders from a seed the training never used;
-per factor (shape, colour, style, attribute) the image picks among captions that differ only in
-that factor (canonical English, and each other language / English paraphrases); plus retrieval
-of the exact caption among all 384 label combinations. Results go to ``igmu_clip.json``.
+Held-out evaluation (``clip_eval.zero_shot_accuracy``): renders from a seed the training never used;
+per factor (shape, colour, style, attribute, background) the image picks among captions that
+differ only in that factor (canonical English, and each other language / English paraphrases);
+plus retrieval of the exact caption among all 384 label combinations. Results go to
+``igmu_clip.json``.
 
 Everything is seeded: the same seed, steps and thread count give the same weights on one machine.
 """
@@ -34,20 +35,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
-from itertools import product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from igmu.miniworld.captions import LANGUAGES, Wording, caption_mix, describe
+from igmu.miniworld.captions import caption_mix
 from igmu.miniworld.world import (
     BACKGROUNDS,
     COLOURS,
     SHAPES,
     STYLES,
     Scene,
-    render,
+    redraw_without,
+    render_batch,
     sample_scene,
 )
 
@@ -57,8 +58,6 @@ MAX_LENGTH = 77
 IMAGE_SIZE = 32
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FACTORS = ("shape", "colour", "style", "attribute")
-EVAL_SEED = 917_131  # held-out renders: no training pool uses this seed
 
 ARCH: dict[str, Any] = {
     "text": {
@@ -190,12 +189,22 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> Any:
 
 
 class ScenePool:
-    """Rendered scenes drawn once from a seed; captions are drawn fresh per use."""
+    """Rendered scenes drawn once from a seed; captions are drawn fresh per use.
 
-    def __init__(self, size: int, seed: int) -> None:
+    ``without`` (a target: ``shape=cross``, ``style=stripes``, ``attribute``) removes a concept:
+    each scene that has it gets the concept's factor redrawn among the other values (from a
+    generator of its own, so the main stream is untouched); every other scene is the same as in
+    the whole world's pool of that seed. ``workers`` > 1 renders in that many processes (spawned:
+    call it from a module run with ``python -m`` or under ``if __name__ == "__main__"``).
+    """
+
+    def __init__(self, size: int, seed: int, without: str | None = None, workers: int = 1) -> None:
         rng = np.random.default_rng(seed)
         self.scenes = [sample_scene(rng) for _ in range(size)]
-        self.images = np.stack([render(s, IMAGE_SIZE) for s in self.scenes])
+        if without is not None:
+            spare = np.random.default_rng([seed, 0x5EED])
+            self.scenes = [redraw_without(s, without, spare) for s in self.scenes]
+        self.images = render_batch(self.scenes, IMAGE_SIZE, workers)
         self.keys = np.asarray([label_key(s) for s in self.scenes], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -316,6 +325,8 @@ def _train_clip(out: Path, config: ClipTrainConfig, log: Callable[[str], None]) 
             )
     train_seconds = time.time() - train_start
     model.eval().to("cpu")
+    from igmu.miniworld.clip_eval import zero_shot_accuracy
+
     evaluation = zero_shot_accuracy(model, tokenizer, n=config.eval_images)
     log(f"[clip] zero-shot: {json.dumps(evaluation['english'])}")
     model.save_pretrained(str(out), safe_serialization=True)
@@ -336,84 +347,6 @@ def _train_clip(out: Path, config: ClipTrainConfig, log: Callable[[str], None]) 
     }
     (out / METADATA).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return metadata
-
-
-# ---------------------------------------------------------------------------------------------
-# zero-shot evaluation
-
-EVAL_WORDING = Wording(style_form="adj", background_form="on")
-
-
-def _combos() -> list[tuple[str, str, str, bool, str]]:
-    return list(product(SHAPES, COLOURS, STYLES, (False, True), BACKGROUNDS))
-
-
-def _text_features(model: Any, tokenizer: Any, texts: Sequence[str]) -> Any:
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(texts), 256):
-            ids = tokenize(tokenizer, texts[start : start + 256])
-            feats = model.get_text_features(input_ids=ids)
-            out.append(feats / feats.norm(dim=-1, keepdim=True))
-    return torch.cat(out)
-
-
-def _image_features(model: Any, images: np.ndarray) -> Any:
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), 256):
-            pixels = images_to_pixels(images[start : start + 256])
-            feats = model.get_image_features(pixel_values=pixels)
-            out.append(feats / feats.norm(dim=-1, keepdim=True))
-    return torch.cat(out)
-
-
-def zero_shot_accuracy(
-    model: Any, tokenizer: Any, n: int = 512, seed: int = EVAL_SEED
-) -> dict[str, Any]:
-    """Per factor: the share of held-out renders whose best caption (among captions that differ
-    only in that factor) names the true value; for canonical English and every other caption
-    kind; plus exact retrieval among all 384 label combinations (English)."""
-    rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng) for _ in range(n)]
-    images = np.stack([render(s, IMAGE_SIZE) for s in scenes])
-    image_feats = _image_features(model, images)
-    combos = _combos()
-    index = {c: i for i, c in enumerate(combos)}
-    kinds = [("english", "en", False), ("english_paraphrase", "en", True)]
-    kinds += [(lang, lang, False) for lang in LANGUAGES if lang != "en"]
-    result: dict[str, Any] = {"n": n, "seed": seed, "wording": asdict(EVAL_WORDING)}
-    for name, language, paraphrase in kinds:
-        texts = [describe(Scene(*c), language, EVAL_WORDING, paraphrase=paraphrase) for c in combos]
-        sims = (image_feats @ _text_features(model, tokenizer, texts).t()).numpy()
-        accuracy: dict[str, float] = {}
-        for factor in FACTORS:
-            correct = 0
-            for row, scene in enumerate(scenes):
-                values = (False, True) if factor == "attribute" else _vocab(factor)
-                truth = getattr(scene, factor)
-                candidates = [index[_as_combo(scene.replace(**{factor: v}))] for v in values]
-                best = values[int(np.argmax(sims[row, candidates]))]
-                correct += int(best == truth)
-            accuracy[factor] = correct / n
-        exact = np.argmax(sims, axis=1)
-        accuracy["exact_384"] = float(
-            np.mean([exact[r] == index[_as_combo(s)] for r, s in enumerate(scenes)])
-        )
-        result[name] = accuracy
-    return result
-
-
-def _vocab(factor: str) -> tuple[str, ...]:
-    return {"shape": SHAPES, "colour": COLOURS, "style": STYLES}[factor]
-
-
-def _as_combo(scene: Scene) -> tuple[str, str, str, bool, str]:
-    return (scene.shape, scene.colour, scene.style, bool(scene.attribute), scene.background)
 
 
 def load_clip(folder: str | Path | None = None) -> tuple[Any, Any]:

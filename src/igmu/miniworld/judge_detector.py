@@ -1,9 +1,10 @@
 """The MiniWorld judges as an IGMU detector: ``mini_judge:<target>``.
 
-Targets: ``shape=<shape>``, ``colour=<colour>`` (or ``color=``), ``style=<style>``, and
-``attribute`` (the white spot; also ``attribute=spot``). An image is flagged when the judge's most
-likely class for the target's head is the target and its probability exceeds ``threshold``
-(default 0: the plain arg-max decision). The score is P(target).
+Targets: ``shape=<shape>``, ``colour=<colour>`` (or ``color=``), ``style=<style>``,
+``background=<white|grey|black>`` (an exact rule on the border pixels, ``judge_background``)
+and ``attribute`` (the white spot; also ``attribute=spot``). An image is flagged when the
+judge's most likely class for the target's head is the target and its probability exceeds
+``threshold`` (default 0: the plain arg-max decision). The score is P(target).
 
 ``analyse`` stores every head's class probabilities, so one raw output serves every target and
 the cache key (``model_fingerprint``, the judge weights' sha256) does not depend on the target.
@@ -84,7 +85,9 @@ class MiniJudgeDetector:
         return Verdict(flagged, score, {"head": self.head, "predicted": predicted, "drawn": drawn})
 
     def prompt_labels(self, prompt: str) -> dict[str, str]:
-        """What an English MiniWorld caption asks of each judged head (only the named ones)."""
+        """What a MiniWorld caption asks of each judged head: only the factors it names
+        (shape, colour, texture, spot, background); a caption with a subject but no texture or
+        spot word asks for a plain subject without a spot."""
         from igmu.miniworld.oracle import parse_caption
 
         asked = parse_caption(prompt)
@@ -97,7 +100,7 @@ class MiniJudgeDetector:
         return labels
 
     def describe(self) -> dict[str, Any]:
-        head_meta = self.judge.metadata["heads"][self.head]
+        head_meta = self.judge.head_info(self.head)
         return {
             "detector": self.name,
             "kind": "MiniWorld judge (multi-head CNN trained on rendered images)",
@@ -106,9 +109,10 @@ class MiniJudgeDetector:
             "head": self.head,
             "target": self.target,
             "classes": self.judge.classes[self.head],
-            "held_out_accuracy": head_meta["accuracy"],
-            "held_out_ci": head_meta["ci"],
-            "held_out_n": head_meta["n"],
+            "held_out_accuracy": head_meta.get("accuracy"),
+            "held_out_ci": head_meta.get("ci"),
+            "held_out_n": head_meta.get("n"),
+            "rule": head_meta.get("rule"),
             "input_size": self.judge.input_size,
             "threshold": self.threshold,
             "score": "P(target) from the head's softmax; flagged when the target is the most "

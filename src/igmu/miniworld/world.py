@@ -285,12 +285,27 @@ def spot_coverage(scene: Scene, size: int = 32) -> np.ndarray:
     return _downsample(_layers(scene, size)[2].astype(np.float64), size)
 
 
-def render_batch(scenes: Iterable[Scene], size: int = 32) -> np.ndarray:
-    """N x H x W x 3 uint8."""
-    images = [render(scene, size) for scene in scenes]
-    if not images:
+def _render_chunk(scenes: list[Scene], size: int) -> np.ndarray:
+    return np.stack([render(scene, size) for scene in scenes])
+
+
+def render_batch(scenes: Iterable[Scene], size: int = 32, workers: int = 1) -> np.ndarray:
+    """N x H x W x 3 uint8. ``workers`` > 1 renders in that many processes (same bytes: render
+    is a pure function); worth it for pools of thousands of scenes on a many-core machine."""
+    scenes = list(scenes)
+    if not scenes:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
-    return np.stack(images)
+    if workers <= 1 or len(scenes) < 256:
+        return _render_chunk(scenes, size)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    step = -(-len(scenes) // (workers * 4))
+    chunks = [scenes[i : i + step] for i in range(0, len(scenes), step)]
+    # spawn, not fork: the caller may already hold a CUDA context.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return np.concatenate(list(pool.map(_render_chunk, chunks, [size] * len(chunks))))
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -329,3 +344,19 @@ def erase(scene: Scene, target: str) -> Scene:
         return scene.replace(style="plain" if value != "plain" else "stripes")
     vocab = VOCAB[field]
     return scene.replace(**{field: vocab[(vocab.index(value) + 1) % len(vocab)]})
+
+
+def redraw_without(scene: Scene, target: str, rng: np.random.Generator) -> Scene:
+    """The scene unchanged if it lacks ``target``; otherwise the same scene (every other factor
+    and the jitter kept) with the target's factor drawn uniformly from ``rng`` among the other
+    values (``attribute``: no spot). Applied to a stream of scenes, it gives the world without
+    the concept: every other value is equally likely, and scenes without the concept stay as
+    they were, so a stream with and one without the concept differ only where it was.
+    """
+    field, value = parse_target(target)
+    if scene.labels()[field] != value:
+        return scene
+    if field == "attribute":
+        return scene.replace(attribute=False)
+    others = [v for v in VOCAB[field] if v != value]
+    return scene.replace(**{field: others[int(rng.integers(len(others)))]})
