@@ -19,6 +19,7 @@ understood is an error that lists it (`ConfigError`), never silently dropped.
 from __future__ import annotations
 
 import logging as std_logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -269,13 +270,30 @@ def apply_partial(pipeline: Any, path: Path, where: str) -> None:
             load_into(modules[role], part, where, path, True)
 
 
-class _Collect(std_logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(std_logging.WARNING)
-        self.messages: list[str] = []
+LORA_DOWN = re.compile(r"^(?P<module>.+?)\.(lora_down|lora_A|lora\.down|lora_linear_layer\.down)"
+                       r"(\.[^.]+)?\.weight$")
 
-    def emit(self, record: std_logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+
+def _lora_targets(state: dict[str, Any]) -> list[str]:
+    """The module name of every low-rank pair in a LoRA state dict, as the file spells it."""
+    return sorted({m["module"] for key in state if (m := LORA_DOWN.match(key))})
+
+
+def _injected(pipeline: Any) -> tuple[set[str], int]:
+    """(names of the modules diffusers gave LoRA layers, in diffusers and kohya spelling, and
+    how many modules that is)."""
+    names, count = set(), 0
+    for role in ("unet", *TEXT_ROLES, "transformer"):
+        module = getattr(pipeline, role, None)
+        if module is None:
+            continue
+        prefix = {"unet": "lora_unet_", "text_encoder": "lora_te_",
+                  "text_encoder_2": "lora_te2_"}.get(role, "")
+        for name, sub in module.named_modules():
+            if hasattr(sub, "lora_A") and len(getattr(sub, "lora_A", {})):
+                names.update({name, f"{role}.{name}", prefix + name.replace(".", "_")})
+                count += 1
+    return names, count
 
 
 def apply_lora(pipeline: Any, path: Path, where: str, scale: float) -> None:
@@ -292,19 +310,22 @@ def apply_lora(pipeline: Any, path: Path, where: str, scale: float) -> None:
         raise ConfigError(f"{where}: {path} has no LoRA keys (lora_A/lora_B, lora_down/lora_up); "
                           f"keys: {_listing(sorted(state))}")
     name = "igmu"  # each LoRA is fused and its layers unloaded before the next one loads
-    collect = _Collect()
+    targets = _lora_targets(state)
     logger = std_logging.getLogger("diffusers")
-    logger.addHandler(collect)
+    level = logger.level
+    logger.setLevel(std_logging.ERROR)  # "no LoRA keys for the text encoder" and the like
     try:
         pipeline.load_lora_weights(dict(state), adapter_name=name)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ConfigError(f"{where}: diffusers cannot load {path} as LoRA weights: {exc}") from None
     finally:
-        logger.removeHandler(collect)
-    problems = [m for m in collect.messages if "unexpected keys" in m or "missing keys" in m
-                or "not correctly" in m]
-    if problems:
+        logger.setLevel(level)
+    injected, count = _injected(pipeline)
+    unmatched = [t for t in targets if t not in injected]
+    # names may differ (kohya files for SDXL use CompVis block names); the count may not
+    if unmatched and count < len(targets):
         pipeline.unload_lora_weights()
-        raise ConfigError(f"{where}: {path}: LoRA keys that fit no layer: {problems[0][:2000]}")
+        raise ConfigError(f"{where}: {path}: LoRA weights for modules the model does not have "
+                          f"(or that diffusers could not map): {_listing(unmatched)}")
     pipeline.fuse_lora(lora_scale=scale, adapter_names=[name])
     pipeline.unload_lora_weights()
