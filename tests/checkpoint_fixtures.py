@@ -18,7 +18,8 @@ RESNET_TO_LDM = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "
 
 
 def unet_to_compvis(unet) -> dict[str, torch.Tensor]:
-    """A diffusers UNet2DConditionModel's state dict in CompVis names (``model.diffusion_model.*``)."""
+    """A diffusers UNet2DConditionModel's state dict in CompVis names
+    (``model.diffusion_model.*``)."""
     from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
     config = unet.config
@@ -68,6 +69,10 @@ def unet_to_compvis(unet) -> dict[str, torch.Tensor]:
     return out
 
 
+def nin(name: str) -> str:
+    return name.replace("conv_shortcut", "nin_shortcut")
+
+
 def vae_to_compvis(vae) -> dict[str, torch.Tensor]:
     """A diffusers AutoencoderKL's state dict in CompVis names (``first_stage_model.*``), its
     attention projections as 1x1 convolutions as LDM stores them."""
@@ -83,19 +88,19 @@ def vae_to_compvis(vae) -> dict[str, torch.Tensor]:
         if key in top:
             name = top[key]
         elif m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key):
-            name = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+            name = f"{m[1]}.mid.block_{int(m[2]) + 1}.{nin(m[3])}"
         elif m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)\.(weight|bias)",
                            key):
             name = f"{m[1]}.mid.attn_1.{attention[m[2]]}.{m[3]}"
             if m[3] == "weight" and value.ndim == 2:
                 value = value[:, :, None, None]
         elif m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-            name = f"encoder.down.{m[1]}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+            name = f"encoder.down.{m[1]}.block.{m[2]}.{nin(m[3])}"
         elif m := re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
             name = f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
         elif m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
             block = n_up - 1 - int(m[1])
-            name = f"decoder.up.{block}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+            name = f"decoder.up.{block}.block.{m[2]}.{nin(m[3])}"
         elif m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
             name = f"decoder.up.{n_up - 1 - int(m[1])}.upsample.conv.{m[2]}"
         else:

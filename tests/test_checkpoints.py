@@ -19,6 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from safetensors.torch import save_file  # noqa: E402
+
 from checkpoint_fixtures import (  # noqa: E402
     dyadic_,
     dyadic_tensor,
@@ -26,8 +28,6 @@ from checkpoint_fixtures import (  # noqa: E402
     unet_to_compvis,
     vae_to_compvis,
 )
-from safetensors.torch import save_file  # noqa: E402
-
 from igmu.errors import ConfigError, UnsafeWeightsError  # noqa: E402
 from igmu.generation.base import GenerationSettings  # noqa: E402
 from igmu.generation.diffusers_backend import DiffusersGenerator  # noqa: E402
@@ -374,10 +374,12 @@ def test_concept_prune_masks(world: dict) -> None:
                     width=32, generator=[torch.Generator().manual_seed(seed)], output_type="np",
                     callback_on_step_end=callback)
         images.append(np.round(np.clip(out.images[0], 0, 1) * 255).astype(np.uint8))
-    loaded = DiffusersGenerator.load(source(world, adapter=world["root"] / "prune_steps.safetensors"),
-                                     "methods.X", "cpu", pipeline_batch=1)
+    steps_file = world["root"] / "prune_steps.safetensors"
+    loaded = DiffusersGenerator.load(source(world, adapter=steps_file), "methods.X", "cpu",
+                                     pipeline_batch=1)
     got = loaded.generate(PROMPTS * 2, [0, 0, 1, 1], SETTINGS)
     assert all(np.array_equal(a, b) for a, b in zip(got, images, strict=True))
-    save_file({"0_0": torch.zeros(3, dtype=torch.long)}, str(world["root"] / "prune_bad.safetensors"))
+    bad = world["root"] / "prune_bad.safetensors"
+    save_file({"0_0": torch.zeros(3, dtype=torch.long)}, str(bad))
     with pytest.raises(ConfigError, match="masks for 1 steps x 4 ff.net.2 layers"):
         run(source(world, adapter=world["root"] / "prune_bad.safetensors"))

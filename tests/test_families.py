@@ -49,7 +49,8 @@ def test_prompt_encoding_is_the_pipelines(pipe) -> None:
     if adapter.name == "sdxl":
         pos, neg, pooled, neg_pooled = pipe.encode_prompt(PROMPTS, device="cpu",
                                                           do_classifier_free_guidance=True)
-        assert torch.equal(cond.pooled, pooled) and torch.equal(neg_pooled, torch.zeros_like(pooled))
+        assert torch.equal(cond.pooled, pooled)
+        assert torch.equal(neg_pooled, torch.zeros_like(pooled))
         assert torch.equal(adapter.unconditional(None, 2).pooled, neg_pooled)
         with_neg = pipe.encode_prompt(PROMPTS, device="cpu", do_classifier_free_guidance=True,
                                       negative_prompt=["church", "church"])
@@ -67,7 +68,8 @@ def test_input_embeddings_give_the_ids_conditioning_and_gradients(pipe) -> None:
                    for e in adapter.token_embeddings(tokens.ids))
     cond = adapter.encode(tokens.ids, embeds)
     assert torch.equal(cond.hidden, adapter.encode(tokens.ids).hidden)
-    latents = torch.randn(adapter.latent_shape(2, 32, 32), generator=torch.Generator().manual_seed(0))
+    seeded = torch.Generator().manual_seed(0)
+    latents = torch.randn(adapter.latent_shape(2, 32, 32), generator=seeded)
     adapter.predict_noise(latents, torch.tensor(500), cond).square().mean().backward()
     assert all(e.grad is not None and e.grad.abs().sum() > 0 for e in embeds)
 

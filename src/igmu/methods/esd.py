@@ -106,6 +106,16 @@ class _Trainer:
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         self.shape = (1, config.in_channels, height, width)
 
+    def autocast(self) -> Any:
+        """Mixed precision in the settings' dtype around float32 master weights (off for
+        float32)."""
+        import torch
+
+        from igmu.generation.pipelines import torch_dtype
+
+        dtype = torch_dtype(self.settings["dtype"])
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
     def draw(self, rng: random.Random, generator: Any) -> tuple[Any, Any, str]:
         """(x_t, t, concept prompt) for one training step."""
         import torch
@@ -115,7 +125,7 @@ class _Trainer:
         t = self.scheduler.timesteps[k]
         cond = self.cond[concept]
         noise = torch.randn(self.shape, generator=generator).to(self.device)
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             if self.settings["x_t"] == "noise":
                 x0 = torch.randn(self.shape, generator=generator).to(self.device)
                 z = self.scheduler.add_noise(x0, noise, t.reshape(1))
@@ -127,23 +137,24 @@ class _Trainer:
                     guided = self.adapter.guided_noise(
                         model_in, step_t, cond, self.uncond, g, unet=self.frozen
                     )
-                    z = self.scheduler.step(guided, step_t, z).prev_sample
+                    z = self.scheduler.step(guided.float(), step_t, z).prev_sample
         return z, t, concept
 
     def target(self, z: Any, t: Any, concept: str) -> Any:
         import torch
 
         states = self.reference[concept].cat(self.cond[concept])
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             out = self.adapter.predict_noise(torch.cat([z, z]), t, states, unet=self.frozen)
-            e_ref, e_cond = out.chunk(2)
+            e_ref, e_cond = out.float().chunk(2)
             return e_ref - self.settings["eta"] * (e_cond - e_ref)
 
     def loss(self, z: Any, t: Any, concept: str, target: Any) -> Any:
         import torch
 
-        prediction = self.adapter.predict_noise(z, t, self.cond[concept], unet=self.unet)
-        return torch.nn.functional.mse_loss(prediction, target)
+        with self.autocast():
+            prediction = self.adapter.predict_noise(z, t, self.cond[concept], unet=self.unet)
+        return torch.nn.functional.mse_loss(prediction.float(), target)
 
 
 @register_method
@@ -251,6 +262,7 @@ class ESD(UnlearningMethod):
             for key in ("steps", "lr", "eta", "guidance", "ddim_steps", "x_t", "params")
         }
         hyperparameters["reference"] = reference
+        hyperparameters["compute_dtype"] = settings["dtype"]
         hyperparameters.update(
             latent_shape=list(trainer.shape), optimizer="Adam", batch_size=1,
             scheduler="DDIMScheduler",
