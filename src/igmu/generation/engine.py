@@ -15,7 +15,9 @@ the same cache.
 from __future__ import annotations
 
 import gc
+import os
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,29 +153,47 @@ def batch_plan(jobs: list[ImageJob], batch_size: int, fingerprint: str,
     return batches, keys
 
 
+def _writer_threads() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def run_batches_locally(generator: Generator, jobs: list[ImageJob], batches: list[list[int]],
                         keys: list[str], settings: GenerationSettings, cache: ImageCache,
                         on_done: Callable[[int, int], None]) -> dict[int, str]:
     """Generate the batches with a missing image, here; returns {job index: PNG sha256} of the
     images written. A batch-invariant generator is asked only for the missing images; any other
-    for the whole batch again (its pixels depend on the batch)."""
+    for the whole batch again (its pixels depend on the batch).
+
+    PNG encoding and the atomic writes run on a few threads while the next batch generates
+    (zlib releases the GIL), at most two batches behind; every write is still one file per
+    key, so an interrupted run leaves whole images only."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     invariant = bool(getattr(generator, "batch_invariant", False))
-    shas: dict[int, str] = {}
-    for batch in batches:
-        missing = [i for i in batch if not cache.has(keys[i])]
-        if missing:
-            todo = missing if invariant else batch
-            images = generator.generate(
-                [jobs[i].prompt for i in todo], [jobs[i].seed for i in todo], settings
-            )
-            if len(images) != len(todo):
-                raise RuntimeError(f"the generator returned {len(images)} images for "
-                                   f"{len(todo)} prompts")
-            for i, image in zip(todo, images, strict=True):
-                if i in missing:
-                    shas[i] = cache.put(keys[i], image)
-        on_done(len(batch), len(missing))
-    return shas
+    written: dict[int, Future] = {}
+    behind: deque[list[Future]] = deque()
+    with ThreadPoolExecutor(_writer_threads(), thread_name_prefix="igmu-png") as pool:
+        for batch in batches:
+            missing = [i for i in batch if not cache.has(keys[i])]
+            if missing:
+                todo = missing if invariant else batch
+                images = generator.generate(
+                    [jobs[i].prompt for i in todo], [jobs[i].seed for i in todo], settings
+                )
+                if len(images) != len(todo):
+                    raise RuntimeError(f"the generator returned {len(images)} images for "
+                                       f"{len(todo)} prompts")
+                futures = []
+                for i, image in zip(todo, images, strict=True):
+                    if i in missing:
+                        written[i] = pool.submit(cache.put, keys[i], image)
+                        futures.append(written[i])
+                behind.append(futures)
+                while len(behind) > 2:  # bound the images held in memory
+                    for future in behind.popleft():
+                        future.result()
+            on_done(len(batch), len(missing))
+        return {i: future.result() for i, future in written.items()}
 
 
 def _run_method(
