@@ -383,3 +383,75 @@ def test_concept_prune_masks(world: dict) -> None:
     save_file({"0_0": torch.zeros(3, dtype=torch.long)}, str(bad))
     with pytest.raises(ConfigError, match="masks for 1 steps x 4 ff.net.2 layers"):
         run(source(world, adapter=world["root"] / "prune_bad.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------
+# through the models file: igmu generate and igmu unlearn --base-method
+
+
+def test_models_file_entries_generate_and_unlearn(world: dict, tmp_path: Path) -> None:
+    import yaml
+
+    from igmu.backbones.config import load_models_config
+    from igmu.cli.unlearn_cmd import main as unlearn_main
+    from igmu.generation import GenerateOptions, generate, read_rows
+    from igmu.methods import read_method_card
+    from igmu.tasks import load_task
+
+    forms = unet_forms(world)
+    root = world["root"]
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump({
+        "generator": {"model": str(root / "base"), "steps": 2, "height": 32, "width": 32},
+        "methods": {
+            "FOLDER": str(world["refs"]["unet"]),
+            "COMPVIS": {"unet": str(forms["compvis.ckpt"].relative_to(root.parent))},
+            "LISTED": {"weights": [str(forms["diffusers.safetensors"])]},
+        },
+    }))
+    # relative paths resolve against the models file's folder
+    (tmp_path / root.name).symlink_to(root)
+    config = load_models_config(models)
+    assert config.get("methods")["COMPVIS"]["unet"] == str((tmp_path / root.name / "unet_forms"
+                                                            / "compvis.ckpt").resolve())
+    options = GenerateOptions(methods=["ORG", "FOLDER", "COMPVIS", "LISTED"],
+                              prompt_sets=["forget"], max_prompts_per_class=2, batch_size=2,
+                              progress=False)
+    generate(load_task("church"), tmp_path / "out", config, options)
+    rows = read_rows(tmp_path / "out" / "manifest.jsonl")
+    by = {(r["method"], r["prompt_index"]): r for r in rows}
+    for index in (0, 1):
+        folder = by[("FOLDER", index)]
+        assert by[("COMPVIS", index)]["sha256"] == folder["sha256"]
+        assert by[("LISTED", index)]["sha256"] == folder["sha256"]
+        assert by[("ORG", index)]["sha256"] != folder["sha256"]
+    assert "unet=" in by[("COMPVIS", 0)]["model"]
+
+    # UCE on top of a models-file entry = UCE on the same weights as a folder
+    common = ["--method", "UCE", "--task", "church", "--quiet"]
+    assert unlearn_main([*common, "--models", str(models), "--base-method", "COMPVIS",
+                         "--out", str(tmp_path / "uce_entry")]) == 0
+    assert unlearn_main([*common, "--base", str(world["refs"]["unet"]),
+                         "--out", str(tmp_path / "uce_folder")]) == 0
+    entry, folder = (read_method_card(tmp_path / n) for n in ("uce_entry", "uce_folder"))
+    assert entry["unet_state_sha256"] == folder["unet_state_sha256"]
+    assert "unet=" in entry["base"]["reference"]
+
+
+def test_models_file_validation(tmp_path: Path) -> None:
+    from igmu.backbones.config import load_models_config
+
+    path = tmp_path / "models.yaml"
+    bad = {
+        "methods: {X: {base: ./a, model: ./b}}": "not both",
+        "methods: {X: {unet: 3}}": r"unet must be a path",
+        "methods: {X: {lora: [./a, 4]}}": r"lora must be a path or a list",
+        "methods: {X: {lora_scale: 0.5}}": "lora_scale without lora",
+        "methods: {X: {lora: ./a, lora_scale: big}}": "lora_scale must be a number",
+        "methods: {X: {unte: ./a}}": "Did you mean 'unet'",
+        "methods: {X: {text_encoder2: ./a}}": "Did you mean 'text_encoder_2'",
+    }
+    for text, message in bad.items():
+        path.write_text(text + "\n")
+        with pytest.raises(ConfigError, match=message):
+            load_models_config(path)

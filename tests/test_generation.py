@@ -318,3 +318,30 @@ def test_generated_manifest_evaluates(reference_run: Path, tiny_models: Path, tm
     metrics = {(r.method, r.metric.split(".")[0]) for r in result.results}
     assert ("NEGPROMPT", "residual_rate") in metrics and ("NEGPROMPT", "lpips") in metrics
     assert not result.left_out
+
+
+def test_cli_modes_and_defaults(reference_run: Path, sd_models: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture) -> None:
+    """--per-image reproduces the per-image reference at any --batch-size; the default batched
+    mode gives other keys (the batch is in them) but the same number of images; the CLI's
+    spelled defaults are the engine's."""
+    from igmu.cli import generate_cmd
+    from igmu.generation import engine, pipelines
+
+    assert generate_cmd.DEFAULT_BATCH_SIZE == engine.DEFAULT_BATCH_SIZE
+    assert generate_cmd.DTYPES == pipelines.DTYPES and generate_cmd.BACKENDS == engine.BACKENDS
+    args = [*CLI_ARGS, "--models", str(sd_models), "--quiet", "--threads", "1"]
+    assert generate_cmd.main([*args, "--out", str(tmp_path / "pi"), "--per-image",
+                              "--batch-size", "5"]) == 0
+    assert tree(tmp_path / "pi") == tree(reference_run)
+    assert generate_cmd.main([*args, "--out", str(tmp_path / "b")]) == 0
+    batched = read_rows(tmp_path / "b" / "manifest.jsonl")
+    assert len(batched) == 14
+    assert {r["key"] for r in batched}.isdisjoint(
+        {r["key"] for r in read_rows(reference_run / "manifest.jsonl")})
+    with pytest.raises(SystemExit):
+        generate_cmd.main([*args, "--out", str(tmp_path / "x"), "--dtype", "float64"])
+    with pytest.raises(SystemExit):
+        generate_cmd.main([*args, "--out", str(tmp_path / "x"), "--per-image",
+                           "--pipeline-batching"])
+    capsys.readouterr()
