@@ -21,6 +21,7 @@ changes with every weight applied. Formats are detected from the keys
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 # models-file fields of a method entry that name weights, in the order they are applied
@@ -35,7 +36,8 @@ class PipelineSource:
     """A base pipeline and the weights applied to it (paths already resolved)."""
 
     base: str
-    field: str = "generator.model"  # where it came from, for messages
+    # where it came from, for messages; two entries that load the same thing are one source
+    field: str = dataclass_field(default="generator.model", compare=False)
     checkpoint: str | None = None
     unet: str | None = None
     text_encoder: str | None = None
