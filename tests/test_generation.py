@@ -202,12 +202,12 @@ def test_deterministic_batch_invariant_and_cached(
 ):
     expected = tree(reference_run)
     assert sum(name.endswith(".png") for name in expected) == 14
-    # Same arguments but 3 images per step: byte-identical images and manifest.
-    batched = run(tmp_path / "batched", sd_models, batch_size=3)
+    # Per-image mode, 3 images per step: byte-identical images and manifest.
+    batched = run(tmp_path / "batched", sd_models, batch_size=3, pipeline_batching=False)
     assert batched.generated == 14
     assert tree(tmp_path / "batched") == expected
     # A rerun regenerates nothing and changes no byte.
-    again = run(reference_run, sd_models, batch_size=2)
+    again = run(reference_run, sd_models, batch_size=2, pipeline_batching=False)
     assert (again.generated, again.cached) == (0, 14)
     assert tree(reference_run) == expected
 
@@ -227,7 +227,7 @@ def test_deterministic_batch_invariant_and_cached(
 
     # A method mapped to the same weights gets ORG's images from the cache, under its own name;
     # its rows join the manifest's.
-    copy = run(tmp_path / "batched", sd_models, methods=["COPY"])
+    copy = run(tmp_path / "batched", sd_models, methods=["COPY"], pipeline_batching=False)
     assert copy.generated == 0
     org_paths = {r["prompt"]: r["path"] for r in rows if r["method"] == "ORG"}
     assert {r["prompt"]: r["path"] for r in copy.rows} == org_paths
@@ -241,16 +241,17 @@ def test_lost_images_regenerate_identically_with_pipeline_batching(
 ):
     """Pipeline batching groups images into fixed batches: an interrupted batch (some images
     written, some not) is regenerated whole, so every image is as in an uninterrupted run."""
-    full = run(tmp_path / "full", sd_models, methods=["ORG"], batch_size=3, pipeline_batching=True)
+    full = run(tmp_path / "full", sd_models, methods=["ORG"], batch_size=3)  # batched: default
     expected = tree(tmp_path / "full")
-    exact = run(tmp_path / "exact", sd_models, methods=["ORG"], prompt_sets=["forget"])
+    exact = run(tmp_path / "exact", sd_models, methods=["ORG"], prompt_sets=["forget"],
+                pipeline_batching=False)
     assert full.rows[0]["generator"] != exact.rows[0]["generator"]  # batching joins the key
     out = tmp_path / "interrupted"
     shutil.copytree(tmp_path / "full", out)
     for row in full.rows[1::3] + full.rows[2::3]:  # the state after kills inside batches
         (out / row["path"]).unlink()
     (out / "manifest.jsonl").unlink()
-    resumed = run(out, sd_models, methods=["ORG"], batch_size=3, pipeline_batching=True)
+    resumed = run(out, sd_models, methods=["ORG"], batch_size=3)
     assert resumed.generated == 4
     assert tree(out) == expected
 
@@ -317,3 +318,30 @@ def test_generated_manifest_evaluates(reference_run: Path, tiny_models: Path, tm
     metrics = {(r.method, r.metric.split(".")[0]) for r in result.results}
     assert ("NEGPROMPT", "residual_rate") in metrics and ("NEGPROMPT", "lpips") in metrics
     assert not result.left_out
+
+
+def test_cli_modes_and_defaults(reference_run: Path, sd_models: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture) -> None:
+    """--per-image reproduces the per-image reference at any --batch-size; the default batched
+    mode gives other keys (the batch is in them) but the same number of images; the CLI's
+    spelled defaults are the engine's."""
+    from igmu.cli import generate_cmd
+    from igmu.generation import engine, pipelines
+
+    assert generate_cmd.DEFAULT_BATCH_SIZE == engine.DEFAULT_BATCH_SIZE
+    assert generate_cmd.DTYPES == pipelines.DTYPES and generate_cmd.BACKENDS == engine.BACKENDS
+    args = [*CLI_ARGS, "--models", str(sd_models), "--quiet", "--threads", "1"]
+    assert generate_cmd.main([*args, "--out", str(tmp_path / "pi"), "--per-image",
+                              "--batch-size", "5"]) == 0
+    assert tree(tmp_path / "pi") == tree(reference_run)
+    assert generate_cmd.main([*args, "--out", str(tmp_path / "b")]) == 0
+    batched = read_rows(tmp_path / "b" / "manifest.jsonl")
+    assert len(batched) == 14
+    assert {r["key"] for r in batched}.isdisjoint(
+        {r["key"] for r in read_rows(reference_run / "manifest.jsonl")})
+    with pytest.raises(SystemExit):
+        generate_cmd.main([*args, "--out", str(tmp_path / "x"), "--dtype", "float64"])
+    with pytest.raises(SystemExit):
+        generate_cmd.main([*args, "--out", str(tmp_path / "x"), "--per-image",
+                           "--pipeline-batching"])
+    capsys.readouterr()

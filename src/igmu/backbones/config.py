@@ -41,8 +41,10 @@ DEFAULTS: dict[str, Any] = {
         "width": 512,
     },
     # `igmu generate`: unlearned models by method name -> pipeline folder (or hub id), or a
-    # mapping {model: folder, negative_prompt: text}. ORG is `generator.model`; NEGPROMPT is
-    # built in (ORG with the task's concept as negative prompt) unless named here.
+    # mapping {base: pipeline (default generator.model), unet / text_encoder / checkpoint /
+    # weights / lora / adapter: weights to apply, lora_scale, negative_prompt} (`model` is the
+    # older name of `base`). ORG is `generator.model`; NEGPROMPT is built in (ORG with the
+    # task's concept as negative prompt) unless named here. See igmu.generation.sources.
     "methods": {},
 }
 FIELDS = tuple(DEFAULTS)
@@ -70,7 +72,8 @@ PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "person": ("weights",),
     "miniworld": ("judges",),
     "generator": ("model",),
-    "methods": ("*", "*.model"),
+    "methods": ("*", "*.model", "*.base", "*.checkpoint", "*.unet", "*.text_encoder",
+                "*.text_encoder_2", "*.weights", "*.lora", "*.adapter"),
 }
 
 
@@ -102,8 +105,14 @@ def _absolute(field: str, value: Any, base: Path) -> Any:
         if isinstance(item, str) and (key in keys or "*" in keys):
             out[key] = resolve_path(item, base)
         elif isinstance(item, dict):
-            nested = {k: resolve_path(v, base) for k, v in item.items()
-                      if f"*.{k}" in keys and isinstance(v, str)}
+            nested = {}
+            for k, v in item.items():
+                if f"*.{k}" not in keys:
+                    continue
+                if isinstance(v, str):
+                    nested[k] = resolve_path(v, base)
+                elif isinstance(v, list) and all(isinstance(x, str) for x in v):
+                    nested[k] = [resolve_path(x, base) for x in v]
             out[key] = {**item, **nested}
         else:
             out[key] = item
@@ -164,7 +173,6 @@ def _validated(given: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 GENERATOR_FIELDS = {"model": str, "steps": int, "guidance": float, "height": int, "width": int}
-METHOD_FIELDS = ("model", "negative_prompt")
 METHOD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -196,22 +204,47 @@ def _validate_generation(values: dict[str, Any], path: str) -> None:
             )
         if name == ORG:
             raise ConfigError(f"{where}: ORG is the original model; set it as 'generator.model'")
-        if isinstance(entry, str):
-            entry = {"model": entry}
-        if not isinstance(entry, dict):
+        values["methods"][name] = _validated_method(entry, where)
+
+
+def _validated_method(entry: Any, where: str) -> dict[str, Any]:
+    """One `methods` entry: a pipeline (text) or a mapping of igmu.generation.sources'
+    ENTRY_FIELDS; paths are text (or lists of text for weights, lora, adapter)."""
+    from igmu.generation.sources import ENTRY_FIELDS, LIST_FIELDS, WEIGHT_FIELDS
+
+    if isinstance(entry, str):
+        entry = {"model": entry}
+    if not isinstance(entry, dict):
+        raise ConfigError(
+            f"{where} must be a pipeline folder (text) or a mapping with 'base' (or 'model') "
+            f"and weights to apply ({', '.join(WEIGHT_FIELDS)}), got {type(entry).__name__}"
+        )
+    for key in entry:
+        if key not in ENTRY_FIELDS:
             raise ConfigError(
-                f"{where} must be a pipeline folder (text) or a mapping with 'model' and "
-                f"optional 'negative_prompt', got {type(entry).__name__}"
+                f"{where}: unknown field {key!r}.{did_you_mean(str(key), list(ENTRY_FIELDS))}"
             )
-        for key in entry:
-            if key not in METHOD_FIELDS:
-                raise ConfigError(
-                    f"{where}: unknown field {key!r}.{did_you_mean(str(key), list(METHOD_FIELDS))}"
-                )
-        model = entry.get("model")
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError(f"{where}.model must be a pipeline folder or hub id (text)")
-        negative = entry.get("negative_prompt")
-        if negative is not None and not isinstance(negative, str):
-            raise ConfigError(f"{where}.negative_prompt must be text, got {negative!r}")
-        values["methods"][name] = dict(entry)
+    if "base" in entry and "model" in entry:
+        raise ConfigError(f"{where}: give 'base' or 'model' (the same thing), not both")
+    for key in ("base", "model", "checkpoint", "unet", "text_encoder", "text_encoder_2"):
+        value = entry.get(key)
+        if key in entry and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{where}.{key} must be a path or hub id (text), got {value!r}")
+    for key in LIST_FIELDS:
+        value = entry.get(key)
+        if key not in entry:
+            continue
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items or not all(
+            isinstance(v, str) and v.strip() for v in items
+        ):
+            raise ConfigError(f"{where}.{key} must be a path or a list of paths, got {value!r}")
+    scale = entry.get("lora_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ConfigError(f"{where}.lora_scale must be a number, got {scale!r}")
+    if "lora_scale" in entry and "lora" not in entry:
+        raise ConfigError(f"{where}: lora_scale without lora")
+    negative = entry.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise ConfigError(f"{where}.negative_prompt must be text, got {negative!r}")
+    return dict(entry)

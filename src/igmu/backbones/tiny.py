@@ -253,6 +253,53 @@ def make_tiny(folder: Path, igmu_heads: Path | None = None, seed: int = 0) -> Pa
     return path
 
 
+def _tiny_tokenizer(tokenizer_dir: Path | None, max_length: int | None, **extra_kwargs):
+    """The character-level CLIP tokenizer (and its vocabulary size), written to ``tokenizer_dir``
+    or a temporary folder."""
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tokenizer_dir or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        vocab = write_char_tokenizer_files(folder)
+        extra = {} if max_length is None else {"model_max_length": max_length}
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), **extra, **extra_kwargs)
+    return tokenizer, vocab
+
+
+def _tiny_text_config(vocab: int, hidden: int, layers: int, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab - 2,
+        eos_token_id=vocab - 1,
+        pad_token_id=vocab - 1,
+        **extra,
+    )
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=32,
+    )
+
+
 def make_tiny_sd_pipeline(
     cross_dim: int = 32,
     max_length: int | None = 77,
@@ -261,23 +308,11 @@ def make_tiny_sd_pipeline(
 ):
     """A StableDiffusionPipeline of tiny random parts (diffusers' get_dummy_components layout):
     the same classes as SD-1.x, for generation and unlearning smoke runs and tests."""
-    import tempfile
-
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = tokenizer_dir or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        vocab = write_char_tokenizer_files(folder)
-        extra = {} if max_length is None else {"model_max_length": max_length}
-        tokenizer = CLIPTokenizer.from_pretrained(str(folder), **extra)
+    tokenizer, vocab = _tiny_tokenizer(tokenizer_dir, max_length)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
@@ -290,27 +325,9 @@ def make_tiny_sd_pipeline(
         cross_attention_dim=cross_dim,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=32,
-    )
+    vae = _tiny_vae()
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab,
-            hidden_size=cross_dim,
-            intermediate_size=37,
-            num_hidden_layers=2 if cross_dim <= 64 else 1,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=vocab - 2,
-            eos_token_id=vocab - 1,
-            pad_token_id=vocab - 1,
-        )
+        _tiny_text_config(vocab, cross_dim, 2 if cross_dim <= 64 else 1)
     )
     scheduler = DDIMScheduler(
         beta_start=0.00085,
@@ -329,4 +346,58 @@ def make_tiny_sd_pipeline(
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def make_tiny_sdxl_pipeline(seed: int = 0, tokenizer_dir: Path | None = None):
+    """A StableDiffusionXLPipeline of tiny random parts with SDXL's structure: two CLIP text
+    encoders (32 + 32 = 64-d cross-attention context; the second one projected, giving the pooled
+    embedding), a UNet with ``text_time`` added conditioning (6 size ids x 8 + 32 pooled = 80),
+    linear projections, two transformer layers in the lower block, and the second tokenizer
+    padding with "!" as SDXL's does."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, vocab = _tiny_tokenizer(tokenizer_dir, 77)
+    tokenizer_2, _ = _tiny_tokenizer(tokenizer_dir, 77, pad_token="!")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=32,
+    )
+    vae = _tiny_vae()
+    text_encoder = CLIPTextModel(_tiny_text_config(vocab, 32, 2))
+    text_encoder_2 = CLIPTextModelWithProjection(
+        _tiny_text_config(vocab, 32, 2, projection_dim=32)
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
     )

@@ -58,3 +58,52 @@ def load_state_dict(path: str | Path, what: str) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UnsafeWeightsError(f"{what}: {path} does not hold a plain tensor state dict")
     return state
+
+
+def load_tensors(path: str | Path, what: str) -> dict:
+    """Like `load_state_dict`, but nested dicts of tensors are flattened with "." (``{"unet":
+    {"a.weight": t}}`` -> ``{"unet.a.weight": t}``), as some published checkpoints nest them;
+    a Lightning checkpoint's ``state_dict`` is unwrapped and its bookkeeping (epoch, step, ...)
+    dropped. Anything else that is not a tensor is refused, named."""
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_state_dict(path, what)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{what}: weights file {path} does not exist")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc).lower()
+        if "global" in text and ("unsupported" in text or "not allowed" in text):
+            raise UnsafeWeightsError(
+                f"{what}: {path} is a pickle that would run code when loaded (it holds objects, "
+                "not only tensors); refusing it. Convert it to .safetensors or to a plain tensor "
+                "state dict where you trust it."
+            ) from None
+        raise UnsafeWeightsError(f"{what}: cannot read {path} as weights: {exc}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UnsafeWeightsError(f"{what}: {path} holds a {type(state).__name__}, not a state dict")
+    flat: dict = {}
+    odd: list[str] = []
+
+    def walk(prefix: str, node: dict) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, torch.Tensor):
+                flat[name] = value
+            elif isinstance(value, dict):
+                walk(f"{name}.", value)
+            else:
+                odd.append(f"{name} ({type(value).__name__})")
+
+    walk("", state)
+    if odd:
+        raise UnsafeWeightsError(
+            f"{what}: {path} holds entries that are not tensors: {', '.join(odd[:8])}"
+            + (f" and {len(odd) - 8} more" if len(odd) > 8 else "")
+        )
+    return flat

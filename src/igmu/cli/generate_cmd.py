@@ -9,12 +9,19 @@ from pathlib import Path
 from igmu.cli.options import add_threads, apply_threads, positive_int
 from igmu.errors import IGMUError
 
+# spelled here to keep `igmu --help` free of torch imports; checked against the engine's in tests
+DEFAULT_BATCH_SIZE = 8
+DTYPES = ("float32", "float16", "bfloat16")
+BACKENDS = ("local", "ray")
+
 DESCRIPTION = (
     "Generate a task's images for one or more methods with diffusers pipelines. ORG is the "
     "models file's generator.model; NEGPROMPT is ORG with the task's concept as negative prompt; "
-    "other methods are pipeline folders named in the models file's 'methods'. Image k of every "
+    "other methods are models-file 'methods' entries: a pipeline folder, or a base pipeline plus "
+    "UNet / text-encoder / CompVis / partial / LoRA / adapter weights. Image k of every "
     "prompt uses seed k, so methods pair by key. Each image is a file named by sha256 over "
-    "(model fingerprint, prompt, seed, settings) under DIR/images/, written atomically and never "
+    "(model fingerprint, prompt, seed, settings, batch) under DIR/images/, written atomically and "
+    "never "
     "regenerated; DIR/manifest.jsonl (for `igmu evaluate --layout manifest`) lists every method "
     "generated into DIR. Interrupt at any time (even kill -9) and rerun to finish: the result is "
     "byte-identical to an uninterrupted run."
@@ -58,16 +65,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=positive_int,
-        default=4,
+        default=DEFAULT_BATCH_SIZE,
         metavar="B",
-        help="images per generation step (default 4); does not change any image unless "
-        "--pipeline-batching",
+        help=f"images per pipeline call (default {DEFAULT_BATCH_SIZE}). Batches are fixed "
+        "slices of the jobs in key order and every image's cache key names its batch, so "
+        "reruns and resumed runs give the same bytes",
     )
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--per-image",
+        action="store_true",
+        help="run every image alone: slower, but an image is then the same whatever "
+        "--batch-size (its cache key names no batch)",
+    )
+    mode.add_argument(
         "--pipeline-batching",
         action="store_true",
-        help="run each batch as one pipeline call: faster on GPUs, but floating-point results "
-        "then depend slightly on the batch size, which becomes part of every image's cache key",
+        help="one pipeline call per batch (the default; kept for older scripts)",
     )
     parser.add_argument(
         "--prompt-sets",
@@ -81,7 +95,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="only the first K prompts of each class (small, quick runs)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="weights and compute dtype (default float32; float16/bfloat16 on GPUs); part of "
+        "the generator fingerprint, so of every cache key",
+    )
+    parser.add_argument(
+        "--backend",
+        default="local",
+        choices=BACKENDS,
+        help="local (this process) or ray: one worker per GPU (or CPU) of a Ray cluster, "
+        "writing into the same cache (byte-identical to local; a dead worker's batches are "
+        "retried). Needs igmu[ray]",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to join (default: start a local one)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="Ray workers (default: one per GPU with --device cuda, else one per CPU)",
+    )
+    parser.add_argument(
+        "--worker-threads",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="torch threads of each CPU Ray worker (default 1)",
+    )
     parser.add_argument("--steps", type=positive_int, help="override generator.steps")
     parser.add_argument("--guidance", type=float, help="override generator.guidance")
     parser.add_argument("--height", type=positive_int, help="override generator.height")
@@ -121,9 +168,14 @@ def run(args: argparse.Namespace) -> int:
         prompt_sets=_split(args.prompt_sets),
         max_prompts_per_class=args.max_prompts_per_class,
         device=args.device,
+        dtype=args.dtype,
         overrides=SettingOverrides(args.steps, args.guidance, args.height, args.width),
-        pipeline_batching=args.pipeline_batching,
+        pipeline_batching=not args.per_image,
         progress=not args.quiet,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        workers=args.workers,
+        worker_threads=args.worker_threads,
     )
     result = generate(task, args.out, models, options)
     for warning in result.warnings:

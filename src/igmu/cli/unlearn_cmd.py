@@ -44,6 +44,7 @@ OPTION_SETTINGS = {
     "lr": "lr",
     "eta": "eta",
     "card_only": "card_only",
+    "dtype": "dtype",
 }
 
 
@@ -68,6 +69,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--models", type=Path, help="models file whose generator.model is the base (see --base)"
     )
+    parser.add_argument(
+        "--base-method",
+        metavar="NAME",
+        help="start from a method of --models instead: its entry (a pipeline folder, or a base "
+        "plus UNet / text-encoder / LoRA / partial weights) is loaded as `igmu generate` loads it",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder to write")
     parser.add_argument(
         "--concepts",
@@ -85,6 +92,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--eta", type=float, help="ESD: negative guidance (default 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        help="compute dtype (ESD: autocast around float32 master weights; UCE always solves in "
+        "float64); the weights written stay float32. Default float32",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -123,12 +136,27 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def base_model(args: argparse.Namespace, task: Any) -> str:
-    """--base, else the models file's (or the task's world's) generator.model."""
+def base_model(args: argparse.Namespace, task: Any) -> Any:
+    """--base; else --base-method's models-file entry (a PipelineSource); else the models file's
+    (or the task's world's) generator.model."""
     from igmu.backbones.config import load_models_config
 
+    if args.base and args.base_method:
+        raise ConfigError("give --base or --base-method, not both")
     if args.base:
         return str(args.base)
+    if args.base_method:
+        from igmu.generation.plan import (
+            SettingOverrides,
+            base_settings,
+            canonical_methods,
+            resolve_method,
+        )
+
+        models = load_models_config(args.models, task)
+        name = canonical_methods([args.base_method], models)[0]
+        spec = resolve_method(name, task, models, base_settings(models, SettingOverrides()))
+        return spec.pipeline_source
     if args.models is None and task.world is None:
         raise ConfigError(
             f"--base is required for task {task.name!r}: give a diffusers pipeline folder or "

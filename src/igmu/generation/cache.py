@@ -140,7 +140,13 @@ class ImageCache:
         path = self.path(key)
         if path.is_file():
             return self.sha256(key)
-        data = encode_png(image)
+        return self.put_png(key, encode_png(image))
+
+    def put_png(self, key: str, data: bytes) -> str:
+        """Store encoded PNG bytes (`encode_png`'s) under ``key`` unless present; their sha256."""
+        path = self.path(key)
+        if path.is_file():
+            return self.sha256(key)
         write_atomic(path, data)
         return hashlib.sha256(data).hexdigest()
 

@@ -16,23 +16,20 @@ import numpy as np
 
 from igmu.errors import ConfigError
 from igmu.generation.base import GenerationSettings, to_uint8_images
-from igmu.generation.pipelines import (
-    FINGERPRINT_FORMAT,
-    load_pipeline,
-    models_file_advice,
-    pipeline_fingerprint,
-    resolve_pipeline_folder,
-)
+from igmu.generation.pipelines import FINGERPRINT_FORMAT, pipeline_fingerprint
+from igmu.generation.sources import PipelineSource, load_source
 
 
 class DiffusersGenerator:
     """Runs a diffusers pipeline; see the module docstring for the call it makes.
 
-    ``pipeline_batch == 1`` (the default) runs every image through the pipeline on its own:
-    float arithmetic then cannot depend on which images share a call, so an image is the same
-    whatever batch it was generated in (``batch_invariant``). ``pipeline_batch > 1`` runs up to
-    that many images per pipeline call (faster on GPUs); pixels then depend slightly (about one
-    grey level in a few pixels) on the call's size and members, so it joins the fingerprint.
+    ``pipeline_batch == 1`` runs every image through the pipeline on its own: float arithmetic
+    then cannot depend on which images share a call, so an image is the same whatever batch it
+    was generated in (``batch_invariant``). ``pipeline_batch > 1`` (what ``igmu generate`` uses
+    by default) runs up to that many images per pipeline call; pixels then depend slightly
+    (about one grey level in a few pixels) on the call's size and members, so the size joins
+    the fingerprint and the members the cache keys. The fingerprint also covers the model
+    (every weight as loaded), the device type and the dtype.
     """
 
     def __init__(
@@ -53,6 +50,8 @@ class DiffusersGenerator:
         except RuntimeError as exc:
             raise ConfigError(f"--device {device!r}: {exc}") from None
         self.model_fingerprint = pipeline_fingerprint(pipeline)
+        self.dtype = _dtype_name(pipeline)
+        self.family = _family(pipeline)
         if hasattr(pipeline, "set_progress_bar_config"):
             pipeline.set_progress_bar_config(disable=True)
         try:
@@ -65,7 +64,7 @@ class DiffusersGenerator:
             "format": FINGERPRINT_FORMAT,
             "model": self.model_fingerprint,
             "device": self.device.type,
-            "dtype": "float32",
+            "dtype": self.dtype,
             "pipeline_batch": self.pipeline_batch,
         }
         self.fingerprint = hashlib.sha256(
@@ -74,12 +73,19 @@ class DiffusersGenerator:
 
     @classmethod
     def load(
-        cls, reference: str, field: str, device: str = "cpu", pipeline_batch: int = 1
+        cls,
+        reference: str | PipelineSource,
+        field: str,
+        device: str = "cpu",
+        pipeline_batch: int = 1,
+        dtype: str | None = None,
     ) -> DiffusersGenerator:
-        location = resolve_pipeline_folder(
-            reference, f"models file field {field!r}", models_file_advice(field)
-        )
-        return cls(load_pipeline(location, reference, field), reference, device, pipeline_batch)
+        """Load a pipeline folder / hub id, or a models-file entry (`PipelineSource`: a base
+        plus weights applied), in ``dtype`` (default float32)."""
+        source = reference if isinstance(reference, PipelineSource) else PipelineSource(
+            str(reference), field)
+        pipeline = load_source(source, dtype=dtype)
+        return cls(pipeline, source.describe(), device, pipeline_batch)
 
     @property
     def batch_invariant(self) -> bool:
@@ -91,6 +97,8 @@ class DiffusersGenerator:
             "pipeline": type(self.pipeline).__name__,
             "model_fingerprint": self.model_fingerprint,
             "device": self.device.type,
+            "dtype": self.dtype,
+            "family": None if self.family is None else self.family.name,
             "pipeline_batch": self.pipeline_batch,
         }
 
@@ -105,15 +113,32 @@ class DiffusersGenerator:
             images += self._call(prompts[start:stop], seeds[start:stop], settings)
         return images
 
+    def generate_from_conditioning(
+        self, cond: Any, seeds: list[int], settings: GenerationSettings
+    ) -> list[np.ndarray]:
+        """Images from a `Conditioning` (one row per seed; e.g. an attack's soft prompt),
+        through the same pipeline call as ``generate`` with the prompts replaced by the family
+        adapter's ``pipeline_kwargs``; the negative prompt and CFG are the settings'."""
+        if self.family is None:
+            raise ConfigError(f"{type(self.pipeline).__name__} is of no known model family")
+        cond = cond.expand(len(seeds)).to(device=self.device, dtype=self.family.dtype)
+        images: list[np.ndarray] = []
+        for start in range(0, len(seeds), self.pipeline_batch):
+            part = cond.rows(slice(start, start + self.pipeline_batch))
+            images += self._call(None, seeds[start : start + self.pipeline_batch], settings,
+                                 self.family.pipeline_kwargs(part))
+        return images
+
     def _call(
-        self, prompts: list[str], seeds: list[int], settings: GenerationSettings
+        self, prompts: list[str] | None, seeds: list[int], settings: GenerationSettings,
+        conditioning: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
         import torch
 
         # One CPU generator per image: the initial noise is the seed's alone, on every device.
         generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
         kwargs: dict[str, Any] = {
-            "prompt": list(prompts),
+            **({"prompt": list(prompts)} if prompts is not None else conditioning or {}),
             "num_inference_steps": settings.num_inference_steps,
             "guidance_scale": settings.guidance_scale,
             "height": settings.height,
@@ -122,7 +147,7 @@ class DiffusersGenerator:
             "output_type": "np",
         }
         if settings.negative_prompt is not None:
-            kwargs["negative_prompt"] = [settings.negative_prompt] * len(prompts)
+            kwargs["negative_prompt"] = [settings.negative_prompt] * len(seeds)
         try:
             with torch.no_grad():
                 result = self.pipeline(**kwargs)
@@ -133,9 +158,27 @@ class DiffusersGenerator:
             ) from None
         images = result.images if hasattr(result, "images") else result[0]
         arrays = to_uint8_images(images)
-        if len(arrays) != len(prompts):
+        if len(arrays) != len(seeds):
             raise RuntimeError(
                 f"pipeline {self.reference} returned {len(arrays)} images for "
-                f"{len(prompts)} prompts"
+                f"{len(seeds)} prompts"
             )
         return arrays
+
+
+def _dtype_name(pipeline: Any) -> str:
+    unet = getattr(pipeline, "unet", None)
+    if unet is None or not hasattr(unet, "dtype"):
+        return "float32"
+    return str(unet.dtype).replace("torch.", "")
+
+
+def _family(pipeline: Any) -> Any:
+    """The pipeline's family adapter, or None for a pipeline of no known family (it still
+    generates from prompts through its own ``__call__``)."""
+    from igmu.families import family_of
+
+    try:
+        return family_of(pipeline)
+    except ConfigError:
+        return None

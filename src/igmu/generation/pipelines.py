@@ -1,8 +1,9 @@
 """Diffusers pipelines as igmu loads them: find the folder, pick the class, load, fingerprint.
 
 The one place that turns a pipeline reference (a folder written by ``save_pretrained`` or a Hugging
-Face id) into a loaded pipeline, used by generation, the unlearning methods and the attacks. A
-pipeline class diffusers does not know (e.g. igmu's MiniWorld) is made loadable with
+Face id) into a loaded pipeline; `igmu.generation.sources.load_source` builds on it to apply a
+models-file entry's weights, for generation, the unlearning methods and the attacks. A pipeline
+class diffusers does not know (e.g. igmu's MiniWorld) is made loadable with
 `register_pipeline_class`.
 """
 
@@ -110,14 +111,28 @@ class _DropMessage(std_logging.Filter):
         return self.text not in str(record.msg)
 
 
-def load_pipeline(location: str, reference: str, field: str) -> Any:
-    """A float32 pipeline on the CPU with its safety checker off and progress bars disabled."""
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def torch_dtype(name: str | None) -> Any:
+    """The torch dtype of a ``--dtype`` name (None = float32)."""
     import torch
 
+    from igmu.errors import ConfigError
+
+    name = name or "float32"
+    if name not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
+
+
+def load_pipeline(location: str, reference: str, field: str, dtype: str | None = None) -> Any:
+    """A pipeline on the CPU (float32 unless ``dtype``) with its safety checker off and progress
+    bars disabled."""
     diffusers = _import_diffusers()
     index = json.loads((Path(location) / "model_index.json").read_text(encoding="utf-8"))
     cls = pipeline_class(location)
-    kwargs: dict[str, Any] = {"torch_dtype": torch.float32}
+    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype(dtype)}
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     logging = diffusers.utils.logging

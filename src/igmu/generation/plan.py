@@ -9,6 +9,7 @@ from igmu.backbones.config import DEFAULTS, ModelsConfig
 from igmu.constants import METHOD_CARD, NEGPROMPT, ORG, PROMPT_SET_KINDS
 from igmu.errors import ConfigError
 from igmu.generation.base import GenerationSettings
+from igmu.generation.sources import PipelineSource
 from igmu.methods.card import read_method_card
 from igmu.registry import did_you_mean
 from igmu.tasks.model import Task
@@ -19,9 +20,15 @@ BUILTIN_METHODS = (ORG, NEGPROMPT)
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    model: str  # pipeline folder or hub id, as the models file gives it
+    model: str  # what is loaded, in words: the pipeline, or the base + the weights applied
     field: str  # the models-file field that names the model (for error messages)
     settings: GenerationSettings
+    source: PipelineSource | None = None  # None: `model` is a plain pipeline reference
+
+    @property
+    def pipeline_source(self) -> PipelineSource:
+        """What to load (`igmu.generation.sources.load_source`)."""
+        return self.source or PipelineSource(self.model, self.field)
 
 
 @dataclass(frozen=True)
@@ -91,26 +98,29 @@ def resolve_method(
     methods = models.get("methods")
     generator = {**DEFAULTS["generator"], **models.get("generator")}
     if name == ORG:
-        return MethodSpec(name, str(generator["model"]), "generator.model", settings)
+        return _spec(name, PipelineSource(str(generator["model"])), settings)
     if name in methods:
         entry = methods[name]
         entry = {"model": entry} if isinstance(entry, str) else dict(entry)
         explicit = "negative_prompt" in entry
-        model, field, negative = _from_card(
-            name, str(entry["model"]), f"methods.{name}", entry.get("negative_prompt"), explicit
-        )
-        return MethodSpec(name, model, field, replace(settings, negative_prompt=negative))
+        field = f"methods.{name}"
+        source = PipelineSource.from_entry(entry, str(generator["model"]), field)
+        negative = entry.get("negative_prompt")
+        if not source.augmented and ("model" in entry or "base" in entry):
+            model, field, negative = _from_card(name, source.base, field, negative, explicit)
+            source = replace(source, base=model, field=field)
+        return _spec(name, source, replace(settings, negative_prompt=negative))
     if name == NEGPROMPT:
-        return MethodSpec(
-            name,
-            str(generator["model"]),
-            "generator.model",
-            replace(settings, negative_prompt=task.concept_name),
-        )
+        return _spec(name, PipelineSource(str(generator["model"])),
+                     replace(settings, negative_prompt=task.concept_name))
     raise ConfigError(
         f"Unknown method {name!r}: not built in (ORG, NEGPROMPT) and not in the models file's "
         f"'methods' ({models.source}).{did_you_mean(name, known_methods(models))}"
     )
+
+
+def _spec(name: str, source: PipelineSource, settings: GenerationSettings) -> MethodSpec:
+    return MethodSpec(name, source.describe(), source.field, settings, source)
 
 
 def canonical_methods(names: list[str], models: ModelsConfig) -> list[str]:

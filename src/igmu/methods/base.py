@@ -33,6 +33,8 @@ from igmu.tasks import Task
 COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",
+    # compute dtype (float32, float16, bfloat16): weights load and are written in float32
+    "dtype": "float32",
     "progress": True,
     "overwrite": False,
 }
@@ -102,6 +104,14 @@ class UnlearningMethod:
         if out is None:
             raise ConfigError(f"Method {self.name}: an output folder (out) is required")
         resolved = self.settings(settings)
+        from igmu.generation.pipelines import torch_dtype
+
+        torch_dtype(resolved["dtype"])  # an unknown dtype fails before anything loads
+        if getattr(base, "adapter", ()):
+            raise ConfigError(
+                f"Method {self.name}: the base has adapters ({', '.join(base.adapter)}), modules "
+                "a pipeline folder cannot hold; unlearn on its weights-only form instead"
+            )
         out = Path(out).expanduser()
         _check_out(out, resolved["overwrite"])
         card_only = bool(resolved.get("card_only", False))

@@ -47,7 +47,7 @@ from igmu.methods.base import (
     register_method,
     require,
 )
-from igmu.methods.pipeline import encode_prompts
+from igmu.methods.pipeline import adapter_of
 from igmu.tasks import Task
 
 X_T_MODES = ("sample", "noise")
@@ -58,7 +58,7 @@ PROBE_SEED_OFFSET = 1_000_003
 
 def trainable(name: str, params: str) -> bool:
     parts = name.split(".")
-    if "attn2" not in parts:
+    if "attn2" not in parts:  # the cross-attention layers (FamilyAdapter.is_cross_attention_...)
         return False
     if params == "xattn":
         return True
@@ -81,17 +81,23 @@ class _Trainer:
 
         self.settings = settings
         self.device = torch.device(settings["device"])
+        self.adapter = adapter_of(pipeline)
         self.unet = pipeline.unet.to(self.device).float()
         self.frozen = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.unet.eval()
-        pipeline.text_encoder.to(self.device)
-        hidden, _ = encode_prompts(pipeline, ["", *concepts], self.device)
-        self.null = hidden[:1]
-        self.cond = {c: hidden[i + 1 : i + 2] for i, c in enumerate(concepts)}
+        for encoder in self.adapter.text_encoders:
+            encoder.to(self.device)
+        # ∅ is the empty prompt's encoding; the sampler's unconditional branch is the
+        # pipeline's own (the same for SD; zeros for SDXL, as its pipeline samples).
+        encoded = self.adapter.encode_prompts(["", *concepts]).to(dtype=torch.float32)
+        self.null = encoded.rows(slice(0, 1))
+        self.uncond = self.adapter.unconditional(None).to(dtype=torch.float32)
+        self.cond = {c: encoded.rows(slice(i + 1, i + 2)) for i, c in enumerate(concepts)}
         self.reference = {c: self.null for c in concepts}
         if anchors is not None:
-            anchor_hidden, _ = encode_prompts(pipeline, [anchors[c] for c in concepts], self.device)
-            self.reference = {c: anchor_hidden[i : i + 1] for i, c in enumerate(concepts)}
+            anchor = self.adapter.encode_prompts([anchors[c] for c in concepts])
+            anchor = anchor.to(dtype=torch.float32)
+            self.reference = {c: anchor.rows(slice(i, i + 1)) for i, c in enumerate(concepts)}
         self.concepts = concepts
         self.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
         self.scheduler.set_timesteps(settings["ddim_steps"], device=self.device)
@@ -99,6 +105,16 @@ class _Trainer:
         size = settings["latent_size"] or config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         self.shape = (1, config.in_channels, height, width)
+
+    def autocast(self) -> Any:
+        """Mixed precision in the settings' dtype around float32 master weights (off for
+        float32)."""
+        import torch
+
+        from igmu.generation.pipelines import torch_dtype
+
+        dtype = torch_dtype(self.settings["dtype"])
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def draw(self, rng: random.Random, generator: Any) -> tuple[Any, Any, str]:
         """(x_t, t, concept prompt) for one training step."""
@@ -109,35 +125,36 @@ class _Trainer:
         t = self.scheduler.timesteps[k]
         cond = self.cond[concept]
         noise = torch.randn(self.shape, generator=generator).to(self.device)
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             if self.settings["x_t"] == "noise":
                 x0 = torch.randn(self.shape, generator=generator).to(self.device)
                 z = self.scheduler.add_noise(x0, noise, t.reshape(1))
             else:
                 z = noise * self.scheduler.init_noise_sigma
-                both = torch.cat([self.null, cond])
                 g = self.settings["guidance"]
                 for step_t in self.scheduler.timesteps[:k]:
-                    model_in = self.scheduler.scale_model_input(torch.cat([z, z]), step_t)
-                    out = self.frozen(model_in, step_t, encoder_hidden_states=both).sample
-                    uncond, text = out.chunk(2)
-                    z = self.scheduler.step(uncond + g * (text - uncond), step_t, z).prev_sample
+                    model_in = self.scheduler.scale_model_input(z, step_t)
+                    guided = self.adapter.guided_noise(
+                        model_in, step_t, cond, self.uncond, g, unet=self.frozen
+                    )
+                    z = self.scheduler.step(guided.float(), step_t, z).prev_sample
         return z, t, concept
 
     def target(self, z: Any, t: Any, concept: str) -> Any:
         import torch
 
-        states = torch.cat([self.reference[concept], self.cond[concept]])
-        with torch.no_grad():
-            out = self.frozen(torch.cat([z, z]), t, encoder_hidden_states=states).sample
-            e_ref, e_cond = out.chunk(2)
+        states = self.reference[concept].cat(self.cond[concept])
+        with torch.no_grad(), self.autocast():
+            out = self.adapter.predict_noise(torch.cat([z, z]), t, states, unet=self.frozen)
+            e_ref, e_cond = out.float().chunk(2)
             return e_ref - self.settings["eta"] * (e_cond - e_ref)
 
     def loss(self, z: Any, t: Any, concept: str, target: Any) -> Any:
         import torch
 
-        prediction = self.unet(z, t, encoder_hidden_states=self.cond[concept]).sample
-        return torch.nn.functional.mse_loss(prediction, target)
+        with self.autocast():
+            prediction = self.adapter.predict_noise(z, t, self.cond[concept], unet=self.unet)
+        return torch.nn.functional.mse_loss(prediction.float(), target)
 
 
 @register_method
@@ -245,6 +262,7 @@ class ESD(UnlearningMethod):
             for key in ("steps", "lr", "eta", "guidance", "ddim_steps", "x_t", "params")
         }
         hyperparameters["reference"] = reference
+        hyperparameters["compute_dtype"] = settings["dtype"]
         hyperparameters.update(
             latent_shape=list(trainer.shape), optimizer="Adam", batch_size=1,
             scheduler="DDIMScheduler",

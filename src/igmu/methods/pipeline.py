@@ -1,8 +1,9 @@
-"""The base pipeline a method edits: load it privately, check its parts, encode prompts.
+"""The base pipeline a method edits: load it privately, check its family, encode prompts.
 
-Built-in methods need a diffusers pipeline with a ``UNet2DConditionModel``, a ``CLIPTextModel``
-and a tokenizer (Stable Diffusion 1.x, the MiniWorld). Loading goes through
-`igmu.generation.pipelines`, as generation does.
+Built-in methods work on any pipeline of a family `igmu.families` knows (Stable Diffusion
+1.x/2.x, SDXL, the MiniWorld) through its `FamilyAdapter`. Loading goes through
+`igmu.generation.sources`, as generation does, so a method's base may be any models-file entry
+(a pipeline folder plus replaced or added weights).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from igmu.errors import ConfigError, ModelNotFoundError
+from igmu.families.base import (  # noqa: F401  (re-exported for methods and attacks)
+    cross_attention_modules,
+    cross_attention_projections,
+)
 
 BASE_ADVICE = "Give a local pipeline folder with --base DIR"
 
@@ -53,16 +58,26 @@ def base_info_only(base: Any) -> BaseInfo:
     return BaseInfo("<in-memory pipeline>", None, pipeline_state_sha256(base))
 
 
-def load_pipeline(base: Any, progress: bool = True) -> tuple[Any, BaseInfo]:
-    """(a private pipeline whose UNet may be edited, where it came from)."""
+def load_pipeline(base: Any, progress: bool = True, dtype: str | None = None
+                  ) -> tuple[Any, BaseInfo]:
+    """(a private pipeline whose UNet may be edited, where it came from). ``base``: a pipeline
+    folder or hub id, a `PipelineSource` (a models-file entry), or a pipeline object."""
     from igmu.backbones.weights import weights_fingerprint
     from igmu.generation import pipelines
+    from igmu.generation.sources import PipelineSource, load_source
 
+    if isinstance(base, PipelineSource):
+        pipeline = load_source(base, dtype=dtype)
+        _check_components(pipeline, base.describe())
+        location = resolve_pipeline_location(base.base)
+        weights = pipelines.pipeline_state_sha256(pipeline) if base.augmented else (
+            weights_fingerprint(Path(location)))
+        return pipeline, BaseInfo(base.describe(), location, weights)
     if isinstance(base, str | os.PathLike):
         reference = str(base)
         location = resolve_pipeline_location(reference)
         try:
-            pipeline = pipelines.load_pipeline(location, reference, "--base")
+            pipeline = pipelines.load_pipeline(location, reference, "--base", dtype=dtype)
         except ModelNotFoundError as exc:
             raise ModelNotFoundError(f"Base model {reference}: {exc}") from None
         _check_components(pipeline, reference)
@@ -80,83 +95,30 @@ def copy_with_private_unet(pipeline: Any) -> Any:
 
 
 def _check_components(pipeline: Any, reference: str) -> None:
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from igmu.families import family_of
 
-    problems = []
-    unet = getattr(pipeline, "unet", None)
-    text_encoder = getattr(pipeline, "text_encoder", None)
-    if not isinstance(unet, UNet2DConditionModel):
-        problems.append(f"unet is {type(unet).__name__}, not UNet2DConditionModel")
-    if not isinstance(text_encoder, CLIPTextModel):
-        problems.append(f"text_encoder is {type(text_encoder).__name__}, not CLIPTextModel")
-    if getattr(pipeline, "tokenizer", None) is None:
-        problems.append("it has no tokenizer")
-    if not problems:
-        width = text_encoder.config.hidden_size
-        cross = unet.config.cross_attention_dim
-        if not isinstance(cross, int) or cross != width:
-            problems.append(
-                f"the UNet's cross_attention_dim ({cross}) differs from the text encoder's "
-                f"hidden size ({width})"
-            )
-        elif not cross_attention_modules(unet):
-            problems.append("its UNet has no cross-attention (attn2) layers")
-    if problems:
-        raise ConfigError(
-            f"Base model {reference}: the built-in methods need a diffusers pipeline with a "
-            f"UNet2DConditionModel, a CLIPTextModel and a tokenizer (e.g. Stable Diffusion 1.x); "
-            + "; ".join(problems)
-        )
+    adapter = family_of(pipeline, f"Base model {reference}")
+    if not adapter.cross_attention_modules():
+        raise ConfigError(f"Base model {reference}: its UNet has no cross-attention (attn2) layers")
 
 
-def cross_attention_modules(unet: Any) -> list[tuple[str, Any]]:
-    """(name, Attention) for every cross-attention layer: ``attn2`` in transformer blocks."""
-    found = []
-    for name, module in unet.named_modules():
-        if name.split(".")[-1] == "attn2" and getattr(module, "is_cross_attention", False):
-            found.append((name, module))
-    return found
+def adapter_of(pipeline: Any) -> Any:
+    """The pipeline's `FamilyAdapter` (see igmu.families)."""
+    from igmu.families import family_of
 
-
-def cross_attention_projections(unet: Any, keys: bool = True) -> list[tuple[str, Any]]:
-    """(name, Linear) for every cross-attention value projection, and key projection if `keys`."""
-    projections = []
-    for name, module in cross_attention_modules(unet):
-        kinds = ("to_k", "to_v") if keys else ("to_v",)
-        for kind in kinds:
-            projections.append((f"{name}.{kind}", getattr(module, kind)))
-    return projections
+    return family_of(pipeline)
 
 
 def token_length(pipeline: Any) -> int:
-    """The padded prompt length the pipeline's text encoder sees (77 for SD-1.x)."""
-    limit = int(pipeline.text_encoder.config.max_position_embeddings)
-    tokenizer_limit = getattr(pipeline.tokenizer, "model_max_length", None)
-    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:
-        return min(limit, tokenizer_limit)
-    return limit
+    """The padded prompt length the pipeline's text encoders see (77 for CLIP)."""
+    return adapter_of(pipeline).token_length()
 
 
 def encode_prompts(pipeline: Any, prompts: list[str], device: Any) -> tuple[Any, Any]:
-    """(hidden states [N, L, D] as the pipeline feeds them to the UNet, attention masks [N, L]).
-
-    Matches StableDiffusionPipeline.encode_prompt without clip_skip: padded to max length, the
-    text encoder's last hidden state.
-    """
-    import torch
-
-    length = token_length(pipeline)
-    hidden, masks = [], []
-    for start in range(0, len(prompts), 32):
-        batch = pipeline.tokenizer(
-            prompts[start : start + 32],
-            padding="max_length",
-            max_length=length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        with torch.no_grad():
-            hidden.append(pipeline.text_encoder(batch.input_ids.to(device))[0].float())
-        masks.append(batch.attention_mask)
-    return torch.cat(hidden), torch.cat(masks)
+    """(context [N, L, D] float32 as the pipeline feeds it to the UNet's cross-attention,
+    attention masks [N, L] of the first tokenizer). As the pipeline's ``encode_prompt``."""
+    adapter = adapter_of(pipeline)
+    for encoder in adapter.text_encoders:
+        encoder.to(device)
+    cond = adapter.encode_prompts(prompts)
+    return cond.hidden.float(), adapter.tokenize(prompts).mask

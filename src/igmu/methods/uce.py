@@ -61,7 +61,7 @@ from igmu.methods.base import (
     require,
     unique,
 )
-from igmu.methods.pipeline import cross_attention_projections, encode_prompts, token_length
+from igmu.methods.pipeline import adapter_of, encode_prompts
 from igmu.tasks import Task
 
 TOKEN_MODES = ("auto", "last", "tail", "phrase", "context")
@@ -84,12 +84,10 @@ def _positions(mask: Any) -> tuple[int, int]:
 
 
 def token_ids(pipeline: Any, prompts: list[str]) -> list[list[int]]:
-    """Padded token ids, as encode_prompts feeds them to the text encoder."""
-    length = token_length(pipeline)
-    batch = pipeline.tokenizer(
-        prompts, padding="max_length", max_length=length, truncation=True
-    )
-    return [list(row) for row in batch.input_ids]
+    """Padded token ids of the first tokenizer, as encode_prompts feeds them to the text
+    encoder (SDXL's second tokenizer splits words the same way, only its padding differs)."""
+    ids = adapter_of(pipeline).tokenize(prompts).ids[0]
+    return [[int(i) for i in row] for row in ids]
 
 
 def _first_difference(a: list[int], b: list[int]) -> int | None:
@@ -144,7 +142,7 @@ def token_vectors(
 def preserve_vectors(pipeline: Any, prompts: list[str], mode: str, device: Any) -> Any:
     import torch
 
-    width = pipeline.text_encoder.config.hidden_size
+    width = adapter_of(pipeline).context_dim
     if not prompts:
         return torch.zeros(0, width, dtype=torch.float64)
     hidden, masks = encode_prompts(pipeline, prompts, device)
@@ -247,13 +245,13 @@ class UCE(UnlearningMethod):
             anchor_list = [anchor] * len(concepts)
 
         device = torch.device(settings["device"])
-        pipeline.text_encoder.to(device)
+        adapter = adapter_of(pipeline)
         torch.manual_seed(settings["seed"])
         erase, anchors = token_vectors(pipeline, concepts, anchor_list, mode, device)
         keep = preserve_vectors(pipeline, preserved, mode, device)
 
         edited, per_kind = [], {}
-        for name, linear in cross_attention_projections(pipeline.unet, settings["edit_keys"]):
+        for name, linear in adapter.cross_attention_projections(keys=settings["edit_keys"]):
             old = linear.weight.detach().to("cpu", torch.float64)
             new = uce_solve(
                 old, erase, anchors, keep, lamb, settings["erase_scale"],
