@@ -272,3 +272,29 @@ def test_mini_tasks_use_their_world_without_a_models_file(tmp_path: Path) -> Non
     methods = load_models_config(file).get("methods")
     assert methods["UCE"] == {"model": str((tmp_path / "sub" / "uce").resolve())}
     assert methods["X"] == {"model": "org/model"}  # a hub id stays a hub id
+
+
+def test_a_shipped_retrain_model_is_a_method_of_its_mini_task(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             ) -> None:
+    """Where the world ships RETRAIN for a task, generate (and every command) knows it."""
+    import shutil
+
+    from igmu.backbones.config import load_models_config
+    from igmu.generation import GenerateOptions, generate
+    from igmu.miniworld import retrain
+    from igmu.miniworld.shipped import shipped_models
+
+    t2i, _ = shipped_models()
+    folder = tmp_path / "retrain" / "mini_object"
+    shutil.copytree(t2i, folder)
+    card = json.loads((folder / "igmu_t2i.json").read_text())
+    card.setdefault("world", {})["without"] = "shape=cross"
+    (folder / "igmu_t2i.json").write_text(json.dumps(card))
+    monkeypatch.setattr(retrain, "default_retrain_root", lambda: tmp_path / "retrain")
+    models = load_models_config(None, load_task("mini_object"))
+    assert models.get("methods")["RETRAIN"]["model"] == str(folder)
+    assert "RETRAIN" not in load_models_config(None, load_task("mini_style")).get("methods")
+    result = generate(load_task("mini_object"), tmp_path / "gen", models, GenerateOptions(
+        methods=["RETRAIN"], prompt_sets=["forget"], max_prompts_per_class=1, progress=False))
+    assert [row["method"] for row in result.rows] == ["RETRAIN"]

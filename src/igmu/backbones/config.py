@@ -125,7 +125,8 @@ def default_models_config(task: Any = None) -> ModelsConfig:
     if task is not None and getattr(task, "world", None) == "miniworld":
         from igmu.miniworld.shipped import world_models
 
-        return ModelsConfig(_validated(world_models(), "(the MiniWorld's shipped models)"),
+        values = world_models(task_name=task.name)
+        return ModelsConfig(_validated(values, "(the MiniWorld's shipped models)"),
                             "(the MiniWorld's shipped models)")
     return ModelsConfig()
 

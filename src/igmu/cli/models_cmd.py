@@ -20,6 +20,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="print the models file of a world whose models ship with igmu (mini = the "
         "MiniWorld; its tasks use it when no --models is given)",
     )
+    parser.add_argument(
+        "--task",
+        help="with --world: the models a task of that world uses (its RETRAIN model included)",
+    )
     sub = parser.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
     tiny = sub.add_parser(
         "make-tiny",
@@ -48,7 +52,7 @@ def run_show(args: argparse.Namespace) -> int:
 
         print("# The MiniWorld's models file: what mini_* tasks use without --models.")
         print("# Add unlearned models under 'methods' (paths are relative to this file).")
-        print(yaml.safe_dump(world_models(), sort_keys=False).rstrip())
+        print(yaml.safe_dump(world_models(task_name=args.task), sort_keys=False).rstrip())
         return 0
     print("# Default models file (copy, edit, pass with --models FILE)")
     print(yaml.safe_dump(DEFAULTS, sort_keys=False).rstrip())

@@ -34,14 +34,24 @@ def shipped_models() -> tuple[Path, Path]:
     return t2i, clip
 
 
-def world_models(methods: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The models-file fields of the MiniWorld (absolute paths), plus ``methods``."""
+def world_models(
+    methods: dict[str, Any] | None = None, task_name: str | None = None
+) -> dict[str, Any]:
+    """The models-file fields of the MiniWorld (absolute paths), plus ``methods``; for a task
+    whose RETRAIN model ships (the model trained without the concept), ``RETRAIN`` too."""
+    from igmu.constants import RETRAIN
+    from igmu.miniworld.retrain import retrain_model_dir
+
     t2i, clip = shipped_models()
+    known = dict(methods or {})
+    retrained = retrain_model_dir(task_name) if task_name else None
+    if retrained is not None:
+        known.setdefault(RETRAIN, str(retrained))
     return {
         "clip_detector": str(clip),
         "clip_score": str(clip),
         "fid": {"kind": "miniworld"},
         "lpips": {"net": "miniworld"},
         "generator": {"model": str(t2i), **GENERATION},
-        "methods": dict(methods or {}),
+        "methods": known,
     }

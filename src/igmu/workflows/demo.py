@@ -20,7 +20,7 @@ import yaml
 
 import igmu
 from igmu.backbones.config import load_models_config
-from igmu.constants import METHOD_CARD, NEGPROMPT, ORG
+from igmu.constants import METHOD_CARD, NEGPROMPT, ORG, RETRAIN
 from igmu.miniworld.shipped import GENERATION, shipped_models, world_models
 
 MINI_TASKS = ("mini_attribute", "mini_object", "mini_style")
@@ -51,16 +51,19 @@ class DemoOptions:
     progress: bool = True
 
 
-def write_models_file(path: Path, methods: dict[str, Path], options: DemoOptions) -> Path:
+def write_models_file(
+    path: Path, methods: dict[str, Path], options: DemoOptions, task_name: str | None = None
+) -> Path:
     """The world's models plus the demo's unlearned ones, named relative to the file's folder
-    (so the run folder can move) and with the demo's sampling settings."""
+    (so the run folder can move) and with the demo's sampling settings; with ``task_name``, the
+    task's shipped RETRAIN model too."""
     def named(folder: Path) -> str:
         folder = Path(folder)
         if folder.resolve().is_relative_to(path.parent.resolve()):
             return f"./{folder.resolve().relative_to(path.parent.resolve()).as_posix()}"
         return str(folder.resolve())
 
-    values = world_models({name: named(folder) for name, folder in methods.items()})
+    values = world_models({name: named(folder) for name, folder in methods.items()}, task_name)
     values["generator"].update(steps=options.steps, guidance=options.guidance)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
@@ -129,9 +132,11 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
         esd = _unlearned("ESD", t2i, task, out / "models" / name, esd_settings)
         lap("esd")
         models_file = write_models_file(out / "models" / name / "models.yaml",
-                                        {"UCE": uce, "ESD": esd}, options)
+                                        {"UCE": uce, "ESD": esd}, options, name)
         models = load_models_config(models_file)
-        say(f"[{name}] generating {', '.join(METHODS)} images ...")
+        # RETRAIN (trained without the concept) where the world ships it for this task
+        methods = [*METHODS, *([RETRAIN] if RETRAIN in models.get("methods") else [])]
+        say(f"[{name}] generating {', '.join(methods)} images ...")
         main_sets = ["forget", "stripped"] if task.reference == "stripped" else ["forget"]
         other_sets = [s for s in ("unrelated", "related", "multilingual", "paraphrase")
                       if s in task.prompt_sets]
@@ -141,7 +146,7 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
         )
         for sets, per_class, images in passes:
             generated = generate(task, out / "images" / name, models, GenerateOptions(
-                methods=list(METHODS), images_per_prompt=images, prompt_sets=sets,
+                methods=methods, images_per_prompt=images, prompt_sets=sets,
                 max_prompts_per_class=per_class, batch_size=options.batch_size,
                 pipeline_batching=True, progress=options.progress))
         lap("generate")
@@ -150,7 +155,7 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
 
             say(f"[{name}] attacking with {', '.join(options.attacks)} ...")
             run_attacks(task, out / "images" / name, models, AttackOptions(
-                methods=list(METHODS), attacks=list(options.attacks),
+                methods=methods, attacks=list(options.attacks),
                 prompts=options.attack_prompts, progress=options.progress))
             lap("attack")
         say(f"[{name}] evaluating ...")
