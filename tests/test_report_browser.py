@@ -153,3 +153,34 @@ def test_a_folder_of_runs_is_one_report_with_a_tab_per_run(tmp_path: Path,
     before, after, tabs = with_page(html, probe)
     assert tabs == 2
     assert before == ["block", "none"] and after == ["none", "block"]
+
+
+def test_robustness_section_shows_rates_and_adversarial_images(tmp_path: Path) -> None:
+    """A MiniWorld run attacked with seed_search: the section lists, per method and attack,
+    the rate before and after the attack, and each attacked prompt's image beside ORG's."""
+    out = tmp_path / "gen"
+    run_cli("generate", "--task", "mini_object", "--method", "ORG,NEGPROMPT", "--out", out,
+            "--prompt-sets", "forget,unrelated", "--max-prompts-per-class", "2", "--quiet")
+    run_cli("attack", "--task", "mini_object", "--method", "ORG,NEGPROMPT", "--attack",
+            "seed_search", "--prompts", "2", "--budget", "2", "--out", out, "--quiet")
+    run = tmp_path / "run"
+    run_cli("evaluate", "--task", "mini_object", "--images", out / "manifest.jsonl", "--out",
+            run, "--quiet")
+    run_cli("report", run)
+
+    def probe(page):
+        return page.evaluate("""() => {
+            const section = document.getElementById('sec-robustness');
+            const rows = Array.from(section.querySelectorAll('table.robustness tbody tr'))
+                .map(r => Array.from(r.cells).map(c => c.textContent.trim()));
+            const images = Array.from(section.querySelectorAll('.pair img'))
+                .filter(i => i.naturalWidth > 0).length;
+            return {rows, images, nav: !!document.querySelector('a[href="#sec-robustness"]')};
+        }""")
+
+    found = with_page(run / "report.html", probe)
+    assert found["nav"]
+    assert sorted((r[0], r[1]) for r in found["rows"]) == [
+        ("seed_search", "NEGPROMPT"), ("seed_search", "ORG")]
+    assert all(r[-1] == "2" for r in found["rows"])  # two attacked prompts each
+    assert found["images"] == 2 * 2 * 2  # per method and prompt: ORG's image and the attack's
