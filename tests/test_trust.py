@@ -298,3 +298,33 @@ def test_a_shipped_retrain_model_is_a_method_of_its_mini_task(tmp_path: Path,
     result = generate(load_task("mini_object"), tmp_path / "gen", models, GenerateOptions(
         methods=["RETRAIN"], prompt_sets=["forget"], max_prompts_per_class=1, progress=False))
     assert [row["method"] for row in result.rows] == ["RETRAIN"]
+
+
+def test_a_warm_rerun_loads_no_network(church_demo: Path, tiny_models: Path,
+                                       tmp_path: Path) -> None:
+    """Asked again with the same inputs, evaluate answers from the store: it runs with torch and
+    transformers made unimportable, and writes the same files."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["evaluate", "--task", "church", "--images", str(church_demo), "--models",
+            str(tiny_models), "--out", str(tmp_path / "run"), "--quiet"]
+    run_cli(*args)
+    first = (tmp_path / "run" / "metrics.csv").read_bytes()
+    blocker = tmp_path / "blocker"
+    for name in ("torch", "transformers", "diffusers"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} was loaded')")
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    warm = subprocess.run([sys.executable, "-m", "igmu.cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert warm.returncode == 0, warm.stderr
+    assert (tmp_path / "run" / "metrics.csv").read_bytes() == first
+    assert read_json(tmp_path / "run" / "run.json")["answered_from_store"] is True
+    # any change of an input is a new request: one image touched, the run is scored again
+    image = next(church_demo.rglob("*.png"))
+    image.write_bytes(image.read_bytes())
+    cold = subprocess.run([sys.executable, "-m", "igmu.cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert cold.returncode != 0 and "was loaded" in cold.stderr

@@ -9,6 +9,7 @@ environment OpenMP/MKL/BLAS and onnxruntime sessions igmu creates, all use the s
 from __future__ import annotations
 
 import os
+import sys
 
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _CHOSEN: int | None = None
@@ -39,9 +40,11 @@ def set_threads(threads: int | None = None) -> int:
     count = int(threads) if threads else free_cores()
     for name in ENV_VARS:
         os.environ[name] = str(count)
-    import torch  # every command that computes loads it anyway
-
-    torch.set_num_threads(count)
+    # torch reads OMP_NUM_THREADS when it loads; if it is loaded already, tell it directly
+    # (a command answered from the store never loads it).
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(count)
     _CHOSEN = count
     return count
 

@@ -1,17 +1,12 @@
-"""Evaluate one task's images: pair, plan, execute, score, aggregate, store, export."""
+"""Evaluate one task's images: read and pair them, then answer from the store or score them
+(`igmu.evaluation.scoring`), and export."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 import igmu
 from igmu.backbones.config import ModelsConfig
@@ -19,15 +14,12 @@ from igmu.constants import ORG
 from igmu.dataset.layouts import read_igmu_layout, read_manifest
 from igmu.dataset.records import ImageRecord
 from igmu.errors import ConfigError
-from igmu.evaluation.executor import Executor, provider_key, text_key
 from igmu.evaluation.exports import write_exports
-from igmu.evaluation.pairing import PairedSet, pair_images
-from igmu.evaluation.providers import Providers
-from igmu.metrics.base import METRICS, load_all
-from igmu.results import Aggregate, MetricResult, Sample
+from igmu.evaluation.pairing import pair_images
+from igmu.evaluation.rerun import request_key
+from igmu.results import Aggregate
 from igmu.store import Store
 from igmu.tasks.model import Task
-from igmu.threads import chosen_threads
 from igmu.timings import Timings
 
 PACKAGES = (
@@ -51,6 +43,9 @@ PACKAGES = (
 
 
 LAYOUTS = ("auto", "igmu", "manifest")
+# The options a result depends on (a request key names them).
+REQUEST_OPTIONS = ("layout", "allow_outside_paths", "reference_method", "allow_missing",
+                   "metrics", "detectors", "bootstrap_seed", "device")
 
 
 @dataclass
@@ -77,39 +72,6 @@ class EvaluationResult:
     left_out: list[str]
     decoded_images: int
     timings: Timings
-
-
-class _Context:
-    def __init__(
-        self, task: Task, paired: PairedSet, executor: Executor, resamples: int, seed: int
-    ):
-        self.task, self.paired, self.resamples, self.seed = task, paired, resamples, seed
-        self._x = executor
-        self.store_path = executor.store.path  # the workspace store (audits, caches)
-
-    def sha(self, record: ImageRecord) -> str:
-        return self._x.sha[record.path]
-
-    def embedding(self, provider: Any, record: ImageRecord) -> np.ndarray:
-        return self._x.embeddings[(provider_key(provider), self.sha(record))]
-
-    def text_embedding(self, provider: Any, text: str) -> np.ndarray:
-        return self._x.embeddings[(provider.fingerprint, text_key(text))]
-
-    def verdict(self, detector: Any, record: ImageRecord) -> Any:
-        return detector.verdict(self._x.raw[(detector.model_fingerprint, self.sha(record))])
-
-    def pair_value(self, provider: Any, reference: ImageRecord, record: ImageRecord) -> float:
-        return self._x.pairs[(provider.fingerprint, self.sha(reference), self.sha(record))]
-
-
-def check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise ConfigError(f"--device must be cpu, cuda, cuda:N or mps, got {device!r}")
 
 
 def read_records(
@@ -142,144 +104,40 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def select_metrics(task: Task, requested: list[str] | None) -> list[str]:
-    load_all()
-    names = list(requested) if requested else list(task.guidance["metrics"])
-    for name in names:
-        METRICS.get(name)  # unknown names fail here, with "did you mean"
-    return names
-
-
-def build_metrics(
-    task: Task, providers: Providers, paired: PairedSet, options: EvaluationOptions
-) -> tuple[list[str], list[Any], list[dict[str, str]]]:
-    """(metric names, metric instances, what the task's defaults could not compute and why);
-    building them builds the networks they need."""
-    metric_names = select_metrics(task, options.metrics)
-    metrics, not_computed = [], []
-    for name in metric_names:
-        built = METRICS.get(name)(task, providers, paired)
-        if not built:
-            needs = getattr(METRICS.get(name), "requires", "inputs it can score")
-            if options.metrics is not None:  # asked for by name: never an absent row
-                raise ConfigError(
-                    f"--metrics {name}: does not apply to task {task.name!r} with these images; "
-                    f"it needs {needs}"
-                )
-            not_computed.append({"metric": name, "needs": needs})
-        metrics.extend(built)
-    return metric_names, metrics, not_computed
-
-
-def run_spec(
-    task: Task, options: EvaluationOptions, models: ModelsConfig, providers: Providers,
-    metric_names: list[str], resamples: int, images: list[list[str]],
-) -> dict[str, Any]:
-    """Everything the results depend on; its hash is the run id."""
-    return {
-        "igmu_version": igmu.__version__,
-        "task": {
-            "name": task.name,
-            "version": task.version,
-            "node": task.node,
-            "source_sha256": _task_hash(task),
-            "sensitive_content": task.is_sensitive,
-            "headlines": task.guidance.get("headlines", {}),
-        },
-        "layout": options.layout,
-        "reference_method": options.reference_method,
-        "allow_missing": options.allow_missing,
-        "device": options.device,
-        "metrics": metric_names,
-        "detectors": providers.detector_names,
-        "bootstrap": {"resamples": resamples, "seed": options.bootstrap_seed, "confidence": 0.95},
-        "models_file": models.source,
-        "evaluator_fingerprints": sorted({provider_key(p) for p in providers._built.values()}),
-        "detector_settings": {
-            k: v.describe()
-            for k, v in providers._built.items()
-            if k.startswith(("detector:", "person"))
-        },
-        "images": images,
-    }
-
-
 def evaluate(
     task: Task, images: Path, run_dir: Path, models: ModelsConfig, options: EvaluationOptions
 ) -> EvaluationResult:
+    """Score ``images`` of ``task``; a request the store has answered before (same task,
+    images, models files, options and software) is re-exported from it, loading nothing."""
     timings = Timings()
     with timings.stage("read and pair"):
         records = read_records(task, images, options.layout, options.allow_outside_paths)
         paired = pair_images(records, task, options.reference_method, options.allow_missing)
-    check_device(options.device)
-    providers = Providers(models, task, options.detectors, options.device)
-    with timings.stage("build models"):
-        metric_names, metrics, not_computed = build_metrics(task, providers, paired, options)
-    resamples = int(task.guidance.get("bootstrap_resamples", 1000))
-
+    packages = package_versions()
+    asked = {name: getattr(options, name) for name in REQUEST_OPTIONS}
+    key = request_key(task, records, models.values, asked, PACKAGES)
     store_path = options.store_path or run_dir.parent / "igmu.sqlite"
     store = Store(store_path)
     try:
-        executor = Executor(
-            store, options.batch_size, options.progress, skip_unreadable=options.allow_missing
+        answered = store.answered(key)
+        if answered is not None:
+            run_id, extra = answered
+            stored = store.run(run_id)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            store.move_run(run_id, str(run_dir.resolve()))
+            with timings.stage("write"):
+                extra = {**extra, "timings": timings.rounded(), "answered_from_store": True}
+                write_exports(run_dir, task, run_id, store, stored["spec"],
+                              stored["fingerprints"], stored["left_out"], extra)
+            return EvaluationResult(run_id, run_dir, store_path, store.aggregates(run_id),
+                                    stored["left_out"], 0, timings)
+        from igmu.evaluation.scoring import score
+
+        run_id, aggregates, decoded, extra = score(
+            task, paired, run_dir, models, options, store, timings, packages
         )
-        with timings.stage("score"):
-            needs = [need for metric in metrics for need in metric.needs(paired)]
-            executor.run(needs, paired.all_records())
-        timings.seconds.update(executor.timings.rounded())
-        paired.drop(executor.unreadable)
-        all_records = paired.all_records()
-        ctx = _Context(task, paired, executor, resamples, options.bootstrap_seed)
-        results: list[MetricResult] = []
-        notes: list[str] = []
-        audits: dict[str, Any] = {}
-        with timings.stage("statistics"):
-            for metric in metrics:
-                results.extend(metric.compute(ctx))
-                notes += getattr(metric, "notes", [])  # why a metric gave no row for a method
-                if getattr(metric, "audit", None):
-                    audits[metric.name] = metric.audit
-        fingerprints = {
-            "evaluators": providers.describe(),
-            "packages": package_versions(),
-            "platform": {"system": platform.platform(), "python": sys.version.split()[0]},
-        }
-        images_list = sorted([r.method, str(r.key), executor.sha[r.path]] for r in all_records)
-        spec = run_spec(task, options, models, providers, metric_names, resamples, images_list)
-        run_id = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        aggregates = [r.aggregate for r in results]
-        with timings.stage("write"):
-            store.write_run(
-                run_id, task.name, task.version, str(run_dir.resolve()), spec, fingerprints,
-                paired.left_out, _stored_samples(results, executor), aggregates,
-            )
-            extra = {"not_computed": not_computed, "metric_notes": notes, "audits": audits,
-                     "timings": timings.rounded(), "threads": chosen_threads()}
-            write_exports(run_dir, task, run_id, store, spec, fingerprints, paired.left_out,
-                          extra)
+        store.remember_request(key, run_id, extra)
     finally:
         store.close()
-    return EvaluationResult(
-        run_id, run_dir, store_path, aggregates, paired.left_out, executor.decoded_images,
-        timings,
-    )
-
-
-def _task_hash(task: Task) -> str:
-    payload = {name: ps.classes for name, ps in sorted(task.prompt_sets.items())}
-    payload["guidance"] = task.guidance  # type: ignore[assignment]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _stored_samples(results: list[MetricResult], executor: Executor) -> list[Sample]:
-    return [
-        replace(
-            s,
-            metric=r.aggregate.metric,
-            aspect=r.aggregate.aspect,
-            sha256=executor.sha[s.record.path],
-        )
-        for r in results
-        for s in r.samples
-    ]
+    return EvaluationResult(run_id, run_dir, store_path, aggregates, paired.left_out, decoded,
+                            timings)

@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS detections (
     detector TEXT NOT NULL, sha256 TEXT NOT NULL, payload TEXT NOT NULL,
     PRIMARY KEY (detector, sha256)
 );
+CREATE TABLE IF NOT EXISTS requests (
+    request_key TEXT PRIMARY KEY, run_id TEXT NOT NULL, extra_json TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pair_scores (
     metric TEXT NOT NULL, sha_a TEXT NOT NULL, sha_b TEXT NOT NULL, value REAL NOT NULL,
     PRIMARY KEY (metric, sha_a, sha_b)
@@ -202,6 +206,26 @@ class Store:
                 f"INSERT INTO aggregates VALUES ({', '.join('?' * (len(AGGREGATE_COLUMNS) + 1))})",
                 [(run_id, *a.row()) for a in aggregates],
             )
+
+    # --- requests: an evaluation asked for again is answered from its run ---
+    def remember_request(self, request_key: str, run_id: str, extra: dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)",
+                (request_key, run_id, json.dumps(extra, sort_keys=True, default=str), time.time()),
+            )
+
+    def answered(self, request_key: str) -> tuple[str, dict[str, Any]] | None:
+        """(run id, extra) of a request already answered, if its run is still stored."""
+        row = self.db.execute(
+            "SELECT r.run_id, r.extra_json FROM requests r JOIN runs u ON u.run_id = r.run_id "
+            "WHERE r.request_key=?", (request_key,)
+        ).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def move_run(self, run_id: str, run_dir: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE runs SET run_dir=? WHERE run_id=?", (run_dir, run_id))
 
     def counts(self) -> dict[str, int]:
         tables = ("runs", "samples", "aggregates", "features", "detections", "pair_scores")
