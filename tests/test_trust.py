@@ -205,12 +205,13 @@ def test_report_of_a_folder_of_runs_and_markdown_to_stdout(
         run_cli("evaluate", "--task", "church", "--images", church_demo, "--models",
                 tiny_models, "--metrics", "residual_rate", "--out", tmp_path / "runs" / name,
                 "--quiet")
-    result = run_cli("report", tmp_path)
-    assert (tmp_path / "runs" / "a" / "report.html").is_file()
-    assert (tmp_path / "runs" / "b" / "report.html").is_file()
+    result = run_cli("report", tmp_path)  # a folder of runs: one report, a tab per run
+    assert "2 runs, one tab each" in result.stdout
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert html.count('<section class="task"') == 2
     assert not (tmp_path / "-").exists()
     result = run_cli("report", tmp_path / "runs" / "a", "--format", "md", "--out", "-")
-    assert result.stdout.startswith("| method |")
+    assert result.stdout.startswith("## church\n\n### Verdict\n\n| method |")
     assert not Path("-").exists()
 
 
