@@ -2,8 +2,10 @@
 classifier.
 
 ``tokens`` discrete tokens are inserted right after <sot>, before the prompt's own tokens. Each
-slot holds a distribution over the vocabulary (a row of a [tokens, |V|] matrix on the
-probability simplex, uniform at the start). A step samples one token per slot from its row (the
+slot holds a distribution over the vocabulary (a row of a [tokens, |V|] matrix on the probability
+simplex, uniform at the start); ``vocabulary`` is by default the tokens of printable ASCII text
+(what a user can type; on the MiniWorld's byte-level tokenizer the other tokens are UTF-8 byte
+pieces, rare or absent in its captions). A step samples one token per slot from its row (the
 forward pass sees hard one-hot rows; a straight-through estimator passes the gradient, clipped to
 [-1, 1], back to the rows), embeds the prompt, and takes the attacked model's denoising loss on
 ORG's image(s) of the prompt at ``batch`` random timesteps with fresh noise; Adam updates the rows
@@ -90,7 +92,7 @@ class TextGrad(Attack):
         "targets": 1,  # ORG images per prompt (seeds 0..targets-1)
         "checks": 4,
         "probe": 8,
-        "vocabulary": "all",
+        "vocabulary": "ascii",
         "guided_loss": "auto",
         "images": 1,
     }
