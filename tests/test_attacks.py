@@ -23,9 +23,14 @@ from helpers import run_cli  # noqa: E402
 from igmu.attacks import attack_names, get_attack  # noqa: E402
 from igmu.attacks.base import AttackOutcome  # noqa: E402
 from igmu.attacks.engine import AttackOptions, run_attacks  # noqa: E402
-from igmu.attacks.imaging import conditioning, generate_outcome, load_vectors  # noqa: E402
+from igmu.attacks.imaging import (  # noqa: E402
+    conditioning,
+    generate_outcome,
+    image_keys,
+    load_vectors,
+)
 from igmu.attacks.model import AttackedModel  # noqa: E402
-from igmu.attacks.rows import ATTACK_FIELDS  # noqa: E402
+from igmu.attacks.rows import ATTACK_FIELDS, outcome_from_row  # noqa: E402
 from igmu.attacks.store import ATTACKS_NAME, read_attack_rows  # noqa: E402
 from igmu.attacks.text_grad import project_simplex  # noqa: E402
 from igmu.backbones.config import load_models_config  # noqa: E402
@@ -213,6 +218,12 @@ def test_every_attack_runs_on_tiny_sd(sd_models: Path, generator, tmp_path: Path
     assert entry["adversarial_token_ids"] == row["adversarial_token_ids"]
     assert entry["original_prompt"] == row["prompt"]
     assert entry["settings"]["negative_prompt"] == "church"
+
+    # a row says everything its images depend on: the cache keys follow from it again
+    for row in rows:
+        settings = GenerationSettings(**row["generation_settings"])
+        keys = image_keys(outcome_from_row(row, out), row["model_fingerprint"], settings)
+        assert keys == [i["key"] for i in row["images"]]
 
     before = (out / ATTACKS_NAME).read_bytes(), (out / "manifest.jsonl").read_bytes()
     again = attack(out, sd_models, ALL)

@@ -33,7 +33,7 @@ from igmu.attacks.base import (
 )
 from igmu.attacks.imaging import generate_outcome, png_to_array
 from igmu.attacks.model import AttackedModel
-from igmu.attacks.rows import attack_row, manifest_rows, outcome_from_row
+from igmu.attacks.rows import attack_row, manifest_rows
 from igmu.attacks.store import ATTACKS_NAME, ResultStore, digest, update_attacks
 from igmu.backbones.config import ModelsConfig
 from igmu.constants import ORG
@@ -268,4 +268,4 @@ def run_attacks(task: Task, out: Path, models: ModelsConfig, options: AttackOpti
                            counts["cached"])
 
 
-__all__ = ["AttackOptions", "AttackRunResult", "outcome_from_row", "run_attacks"]
+__all__ = ["AttackOptions", "AttackRunResult", "run_attacks"]
