@@ -176,7 +176,7 @@ def _attack_method(run: _Run, spec: MethodSpec, chosen: list[tuple[Attack, dict[
         fingerprints = {"attacked": digest(attacked), "attack": digest(identity)}
         context = {
             **fingerprints,
-            "task": attack.task_identity(task, settings),
+            "task": [task.name, task.version, attack.task_identity(task, settings)],
             "targets": run.target_identity() if attack.white_box or attack.needs_targets
             else None,
         }
