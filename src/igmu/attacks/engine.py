@@ -7,7 +7,7 @@ targets the model *as sampled* (weights and negative prompt). ORG's images of a 
 targets of white-box attacks) come from the same cache key ``igmu generate --method ORG`` gives
 them. Each (method, attack, prompt) result is a file named by what it depends on, written
 atomically when its images are in the cache; a rerun reuses it, so a killed run resumes and ends
-as an uninterrupted one (only ``wall_seconds`` of the redone prompts differ).
+as an uninterrupted one (only the timings of the redone prompts differ).
 """
 
 from __future__ import annotations
