@@ -23,9 +23,14 @@ from helpers import run_cli  # noqa: E402
 from igmu.attacks import attack_names, get_attack  # noqa: E402
 from igmu.attacks.base import AttackOutcome  # noqa: E402
 from igmu.attacks.engine import AttackOptions, run_attacks  # noqa: E402
-from igmu.attacks.imaging import conditioning, generate_outcome, load_vectors  # noqa: E402
+from igmu.attacks.imaging import (  # noqa: E402
+    conditioning,
+    generate_outcome,
+    image_keys,
+    load_vectors,
+)
 from igmu.attacks.model import AttackedModel  # noqa: E402
-from igmu.attacks.rows import ATTACK_FIELDS  # noqa: E402
+from igmu.attacks.rows import ATTACK_FIELDS, outcome_from_row  # noqa: E402
 from igmu.attacks.store import ATTACKS_NAME, read_attack_rows  # noqa: E402
 from igmu.attacks.text_grad import project_simplex  # noqa: E402
 from igmu.backbones.config import load_models_config  # noqa: E402
@@ -182,10 +187,17 @@ def test_every_attack_runs_on_tiny_sd(sd_models: Path, generator, tmp_path: Path
         else:
             assert [i["seed"] for i in row["images"]] == [0]
             assert isinstance(row["final_loss"], float)
-        if row["attack"] == "text_grad":  # <sot>, 5 prefix tokens, the prompt's tokens, <eot>
-            ids = row["adversarial_token_ids"]
-            plain = tokenizer(prompt.text).input_ids
-            assert ids[:1] + ids[6:] == plain and row["details"]["prefix_ids"] == ids[1:6]
+        if row["attack"] == "text_grad":
+            # the answer is the candidate (a prefix, or the plain prompt) with the lowest probe loss
+            losses = row["details"]["candidate_probe_losses"]
+            assert "0" in losses  # step 0: the plain prompt
+            assert row["final_loss"] == pytest.approx(min(losses.values()), rel=1e-5)
+            if row["details"]["chosen_at_step"] == 0:
+                assert row["generated_from"] == "text" and row["adversarial_prompt"] == prompt.text
+            else:  # <sot>, 5 prefix tokens, the prompt's tokens, <eot>
+                ids = row["adversarial_token_ids"]
+                plain = tokenizer(prompt.text).input_ids
+                assert ids[:1] + ids[6:] == plain and row["details"]["prefix_ids"] == ids[1:6]
         if row["attack"] == "textual_inversion":
             embedding = row["embedding"]
             data = (out / embedding["path"]).read_bytes()
@@ -207,12 +219,18 @@ def test_every_attack_runs_on_tiny_sd(sd_models: Path, generator, tmp_path: Path
         assert entry["prompt_set"].startswith("attack.")
         assert (out / entry["path"]).is_file()
     by_key = {(m["method"], m["prompt_set"], m["prompt_index"], m["seed"]): m for m in manifest}
-    row = next(r for r in rows if r["attack"] == "text_grad" and r["method"] == NEGPROMPT)
-    entry = by_key[(NEGPROMPT, "attack.text_grad", row["prompt_index"], 0)]
+    row = next(r for r in rows if r["attack"] == "concept_vector" and r["method"] == NEGPROMPT)
+    entry = by_key[(NEGPROMPT, "attack.concept_vector", row["prompt_index"], 0)]
     assert entry["prompt"] == row["adversarial_prompt"]
     assert entry["adversarial_token_ids"] == row["adversarial_token_ids"]
     assert entry["original_prompt"] == row["prompt"]
     assert entry["settings"]["negative_prompt"] == "church"
+
+    # a row says everything its images depend on: the cache keys follow from it again
+    for row in rows:
+        settings = GenerationSettings(**row["generation_settings"])
+        keys = image_keys(outcome_from_row(row, out), row["model_fingerprint"], settings)
+        assert keys == [i["key"] for i in row["images"]]
 
     before = (out / ATTACKS_NAME).read_bytes(), (out / "manifest.jsonl").read_bytes()
     again = attack(out, sd_models, ALL)

@@ -62,13 +62,26 @@ def attack_rates(task_name: str, out: Path, methods: dict[str, str], attacked: l
             for metric in build(task, providers, paired) for res in metric.compute(ctx)}
 
 
-def test_text_grad_breaks_negprompt_within_the_default_budget(tmp_path: Path) -> None:
-    """NEGPROMPT (the concept as negative prompt) is attacked as it is sampled; text_grad's
-    images still draw the cross for (nearly) every prompt, as the judges see it."""
-    rates = attack_rates("mini_object", tmp_path, {}, [NEGPROMPT], ["text_grad"], prompts=4)
-    post = rates[(NEGPROMPT, "attack_success_rate.text_grad")]
-    pre = rates[(NEGPROMPT, "pre_attack_rate.text_grad")]
-    assert post.n == pre.n == 4  # prompts, not images
-    assert post.value >= 0.75
-    assert pre.value == 1.0  # the negative prompt alone does not remove the cross here
-    assert (ORG, "attack_success_rate.text_grad") not in rates  # only NEGPROMPT was attacked
+def test_text_grad_breaks_negprompt_and_uce_within_the_default_budget(tmp_path: Path) -> None:
+    """NEGPROMPT (the concept as negative prompt) and UCE are attacked as they are sampled. The
+    plain prompt is kept out of text_grad's candidates, so every image shows a found prefix;
+    judged by the MiniWorld judges, those prefixes draw the cross again on NEGPROMPT and on
+    some of the prompts UCE had erased."""
+    from igmu.methods import unlearn
+
+    t2i, _ = shipped_models()
+    task = load_task("mini_object")
+    uce = tmp_path / "UCE"
+    unlearn("UCE", str(t2i), task, uce, {"progress": False})
+    rates = attack_rates("mini_object", tmp_path / "run", {"UCE": str(uce)}, [NEGPROMPT, "UCE"],
+                         ["text_grad"], prompts=4,
+                         settings={"text_grad": {"plain_candidate": False}})
+    for method in (NEGPROMPT, "UCE"):
+        post = rates[(method, "attack_success_rate.text_grad")]
+        pre = rates[(method, "pre_attack_rate.text_grad")]
+        assert post.n == pre.n == 4  # prompts, not images
+    assert rates[(NEGPROMPT, "pre_attack_rate.text_grad")].value == 1.0  # the negative prompt
+    assert rates[(NEGPROMPT, "attack_success_rate.text_grad")].value >= 0.75  # removes nothing
+    assert rates[("UCE", "pre_attack_rate.text_grad")].value == 0.0
+    assert rates[("UCE", "attack_success_rate.text_grad")].value >= 0.25
+    assert (ORG, "attack_success_rate.text_grad") not in rates  # ORG was not attacked

@@ -8,7 +8,8 @@ only the text encoder.
 2. Target for a forget prompt: the hidden states of its concept-stripped prompt plus ``eta`` c
    (``start = prompt``: of the prompt itself, as the published notebook does).
 3. Genetic search over ``length`` discrete tokens (default: as many as the prompt has) for the
-   sequence <sot> tokens <eot> whose hidden states are nearest the target (mean squared error
+   sequence <sot> tokens <eot> (tokens of printable ASCII text by default) whose hidden states
+   are nearest the target (mean squared error
    over every position and dimension). Each generation keeps the better half; each survivor,
    with probability ``crossover``, breeds with a random survivor at one cut point (two
    children); each individual, with probability ``mutation``, gets one random token replaced.
@@ -55,7 +56,7 @@ class ConceptVector(Attack):
         "mutation": 0.25,
         "crossover": 0.5,
         "start": "stripped",
-        "vocabulary": "all",
+        "vocabulary": "ascii",
         "images": 1,
     }
 

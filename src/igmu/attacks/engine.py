@@ -7,7 +7,7 @@ targets the model *as sampled* (weights and negative prompt). ORG's images of a 
 targets of white-box attacks) come from the same cache key ``igmu generate --method ORG`` gives
 them. Each (method, attack, prompt) result is a file named by what it depends on, written
 atomically when its images are in the cache; a rerun reuses it, so a killed run resumes and ends
-as an uninterrupted one (only ``wall_seconds`` of the redone prompts differ).
+as an uninterrupted one (only the timings of the redone prompts differ).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from igmu.attacks.base import (
 )
 from igmu.attacks.imaging import generate_outcome, png_to_array
 from igmu.attacks.model import AttackedModel
-from igmu.attacks.rows import attack_row, manifest_rows, outcome_from_row
+from igmu.attacks.rows import attack_row, manifest_rows
 from igmu.attacks.store import ATTACKS_NAME, ResultStore, digest, update_attacks
 from igmu.backbones.config import ModelsConfig
 from igmu.constants import ORG
@@ -176,7 +176,7 @@ def _attack_method(run: _Run, spec: MethodSpec, chosen: list[tuple[Attack, dict[
         fingerprints = {"attacked": digest(attacked), "attack": digest(identity)}
         context = {
             **fingerprints,
-            "task": attack.task_identity(task, settings),
+            "task": [task.name, task.version, attack.task_identity(task, settings)],
             "targets": run.target_identity() if attack.white_box or attack.needs_targets
             else None,
         }
@@ -268,4 +268,4 @@ def run_attacks(task: Task, out: Path, models: ModelsConfig, options: AttackOpti
                            counts["cached"])
 
 
-__all__ = ["AttackOptions", "AttackRunResult", "outcome_from_row", "run_attacks"]
+__all__ = ["AttackOptions", "AttackRunResult", "run_attacks"]

@@ -26,6 +26,7 @@ import numpy as np
 from igmu.errors import ConfigError
 
 GUIDED_LOSS = ("auto", "on", "off")
+VOCABULARIES = ("all", "ascii", "words")
 
 
 class AttackedModel:
@@ -91,21 +92,26 @@ class AttackedModel:
         return torch.tensor([full], dtype=torch.long, device=self.device)
 
     def vocabulary(self, kind: str = "all") -> Any:
-        """Token ids an attack may insert: every non-special token (``all``), or those whose text
-        is printable ASCII (``ascii``)."""
+        """Token ids an attack may insert: every non-special token (``all``), those whose text
+        is printable ASCII (``ascii``), or those of them that end a word (``words``: CLIP BPE's
+        ``</w>``), so that inserted tokens never fuse with the prompt's first word."""
         import torch
 
         size = int(self.embedding_table.num_embeddings)
         ids = [i for i in range(size) if i not in self.special_ids]
-        if kind == "ascii":
+        if kind not in VOCABULARIES:
+            raise ConfigError(f"vocabulary must be one of {VOCABULARIES}, got {kind!r}")
+        if kind != "all":
             tokens = self.tokenizer.convert_ids_to_tokens(ids)
-            ids = [
-                i for i, tok in zip(ids, tokens, strict=True)
-                if tok and tok.replace("</w>", "").isascii()
-                and tok.replace("</w>", "").isprintable()
-            ]
-        elif kind != "all":
-            raise ConfigError(f"vocabulary must be 'all' or 'ascii', got {kind!r}")
+            keep = []
+            for i, tok in zip(ids, tokens, strict=True):
+                text = (tok or "").replace("</w>", "")
+                if not (text and text.isascii() and text.isprintable()):
+                    continue
+                if kind == "words" and not (tok or "").endswith("</w>"):
+                    continue
+                keep.append(i)
+            ids = keep
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     def render(self, ids: list[int]) -> str:

@@ -2,7 +2,8 @@
 
 - ``DIR/attacks/results/<k[:2]>/<k>.json``: one finished (method, attack, prompt) result, named
   by sha256 over everything it depends on (attacked model and its sampling settings, attack name,
-  version, settings and seed, the prompt, ORG's targets, the task's prompts the attack reads).
+  version, settings and seed, the task and the prompt, ORG's targets, the task's prompts the
+  attack reads).
   A rerun reads it back instead of attacking again, so SIGKILL and rerun finishes with the
   results an uninterrupted run gives.
 - ``DIR/attacks/embeddings/<sha256>.safetensors``: learned soft embeddings, by content.

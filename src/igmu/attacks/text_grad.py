@@ -2,17 +2,22 @@
 classifier.
 
 ``tokens`` discrete tokens are inserted right after <sot>, before the prompt's own tokens. Each
-slot holds a distribution over the vocabulary (a row of a [tokens, |V|] matrix on the
-probability simplex, uniform at the start). A step samples one token per slot from its row (the
+slot holds a distribution over the vocabulary (a row of a [tokens, |V|] matrix on the probability
+simplex, uniform at the start); ``vocabulary`` is by default the tokens of printable ASCII text
+(what a user can type; on the MiniWorld's byte-level tokenizer the other tokens are UTF-8 byte
+pieces, rare or absent in its captions). A step samples one token per slot from its row (the
 forward pass sees hard one-hot rows; a straight-through estimator passes the gradient, clipped to
 [-1, 1], back to the rows), embeds the prompt, and takes the attacked model's denoising loss on
 ORG's image(s) of the prompt at ``batch`` random timesteps with fresh noise; Adam updates the rows
 and a Euclidean projection puts each back on the simplex.
 
 Budget: optimisation steps. At ``checks`` evenly spaced steps the rows' arg-max tokens are a
-candidate; the candidate with the lowest loss on fixed probe draws (timesteps and noise drawn once
-per prompt) is the attack's answer, so the choice is deterministic and needs no judge. The
-prompt's final loss is that probe loss; the plain prompt's probe loss is recorded beside it.
+candidate, and so is the plain prompt (``plain_candidate``: the empty prefix, as UnlearnDiffAtk
+first tries the unattacked prompt); the candidate with the lowest loss on fixed probe draws
+(timesteps and noise drawn once per prompt) is the attack's answer, so the choice is
+deterministic and needs no judge. When the plain prompt wins, the attack's answer is that text
+(its image is then the forget image of the same seed). The final loss is the winner's probe loss;
+the plain prompt's is recorded beside it.
 """
 
 from __future__ import annotations
@@ -90,8 +95,9 @@ class TextGrad(Attack):
         "targets": 1,  # ORG images per prompt (seeds 0..targets-1)
         "checks": 4,
         "probe": 8,
-        "vocabulary": "all",
+        "vocabulary": "ascii",
         "guided_loss": "auto",
+        "plain_candidate": True,
         "images": 1,
     }
 
@@ -146,14 +152,17 @@ class TextGrad(Attack):
                 if prefix not in candidates:
                     ids = model.sequence([*prefix, *content])
                     candidates[prefix] = (probe_loss(model, probes, ids, guided), step)
+        plain = model.sequence(content)
+        plain_loss = probe_loss(model, probes, plain, guided)
+        if settings["plain_candidate"]:  # the empty prefix; it loses ties to found prefixes
+            candidates[()] = (plain_loss, 0)
         best = min(candidates, key=lambda p: (candidates[p][0], -candidates[p][1]))
         ids = model.sequence([*best, *content])
-        plain = model.sequence(content)
-        text = model.render(ids)
+        text = model.render(ids) if best else problem.prompt.text
         return AttackOutcome(
-            kind="token_ids",
+            kind="token_ids" if best else "text",
             text=text,
-            token_ids=ids,
+            token_ids=ids if best else None,
             image_seeds=list(range(settings["images"])),
             steps=budget,
             loss=candidates[best][0],
@@ -161,7 +170,7 @@ class TextGrad(Attack):
                 "prefix_ids": list(best),
                 "prefix_tokens": model.tokenizer.convert_ids_to_tokens(list(best)),
                 "chosen_at_step": candidates[best][1],
-                "probe_loss_plain_prompt": probe_loss(model, probes, plain, guided),
+                "probe_loss_plain_prompt": plain_loss,
                 "candidate_probe_losses": {
                     str(step): loss for loss, step in sorted(candidates.values(), key=_step)
                 },
