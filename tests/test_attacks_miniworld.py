@@ -68,6 +68,7 @@ def test_text_grad_breaks_negprompt_and_uce_within_the_default_budget(tmp_path: 
     judged by the MiniWorld judges, those prefixes draw the cross again on NEGPROMPT and on
     some of the prompts UCE had erased."""
     from igmu.methods import unlearn
+    from igmu.miniworld.shipped import shipped_models
 
     t2i, _ = shipped_models()
     task = load_task("mini_object")
