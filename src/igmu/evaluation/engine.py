@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import igmu
@@ -16,7 +15,7 @@ from igmu.dataset.records import ImageRecord
 from igmu.errors import ConfigError
 from igmu.evaluation.exports import write_exports
 from igmu.evaluation.pairing import pair_images
-from igmu.evaluation.rerun import request_key
+from igmu.evaluation.rerun import installed_versions, request_key
 from igmu.results import Aggregate
 from igmu.store import Store
 from igmu.tasks.model import Task
@@ -95,13 +94,8 @@ def read_records(
 
 
 def package_versions() -> dict[str, str]:
-    found = {"python": platform.python_version(), "igmu": igmu.__version__}
-    for name in PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
+    return {"python": platform.python_version(), "igmu": igmu.__version__,
+            **installed_versions(PACKAGES)}
 
 
 def evaluate(
@@ -120,9 +114,10 @@ def evaluate(
     store = Store(store_path)
     try:
         answered = store.answered(key)
-        if answered is not None:
+        stored = store.run(answered[0]) if answered is not None else None
+        # A run whose recorded software differs from what is installed is computed again.
+        if stored is not None and stored["fingerprints"].get("packages") == packages:
             run_id, extra = answered
-            stored = store.run(run_id)
             run_dir.mkdir(parents=True, exist_ok=True)
             store.move_run(run_id, str(run_dir.resolve()))
             with timings.stage("write"):

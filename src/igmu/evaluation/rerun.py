@@ -48,7 +48,7 @@ def _paths_in(value: Any) -> list[str]:
     return []
 
 
-def package_versions(names: tuple[str, ...]) -> dict[str, str]:
+def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
     found = {}
     for name in names:
         try:
@@ -67,7 +67,7 @@ def request_key(
     payload = {
         "format": FORMAT,
         "igmu": igmu.__version__,
-        "packages": package_versions(packages),
+        "packages": installed_versions(packages),
         "task": [task.name, task.content_sha256, hashlib.sha256(taxonomy).hexdigest()],
         "options": options,
         "images": sorted(

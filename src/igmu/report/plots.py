@@ -56,7 +56,7 @@ def aspect_scores(data: ReportData) -> dict[str, dict[str, float]]:
 
 def radar_svg(method: str, scores: dict[str, float], colour: str) -> str:
     # The label margins fit the longest label ("preservation (n/a)") on every side.
-    width, height, radius = 320, 220, 80
+    width, height, radius = 380, 220, 80
     cx, cy = width / 2, 122
     axes = list(ASPECTS)
     parts = [
