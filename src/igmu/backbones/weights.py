@@ -26,6 +26,24 @@ def weights_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _load_tensor_pickle(path: Path, what: str) -> object:
+    """``torch.load`` with ``weights_only``: a pickle that would run code is refused, named."""
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc).lower()
+        # torch's safe unpickler names the global it refused; plain corruption names none.
+        if "global" in text and ("unsupported" in text or "not allowed" in text):
+            raise UnsafeWeightsError(
+                f"{what}: {path} is a pickle that would run code when loaded (it holds objects, "
+                "not only tensors); refusing it. Convert it to .safetensors or to a plain tensor "
+                "state dict where you trust it."
+            ) from None
+        raise UnsafeWeightsError(f"{what}: cannot read {path} as weights: {exc}") from None
+
+
 def load_state_dict(path: str | Path, what: str) -> dict:
     """A plain tensor state dict from .safetensors or a pickle that holds only tensors."""
     import torch
@@ -42,17 +60,7 @@ def load_state_dict(path: str | Path, what: str) -> dict:
             raise UnsafeWeightsError(
                 f"{what}: {path} is not a valid safetensors file: {exc}"
             ) from None
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        text = str(exc).lower()
-        # torch's safe unpickler names the global it refused; plain corruption names none.
-        if "global" in text and ("unsupported" in text or "not allowed" in text):
-            raise UnsafeWeightsError(
-                f"{what}: {path} is a pickle that would run code when loaded; refusing it. "
-                "Convert it to .safetensors or to a plain tensor state dict."
-            ) from None
-        raise UnsafeWeightsError(f"{what}: cannot read {path} as weights: {exc}") from None
+    state = _load_tensor_pickle(path, what)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -72,17 +80,7 @@ def load_tensors(path: str | Path, what: str) -> dict:
         return load_state_dict(path, what)
     if not path.is_file():
         raise ModelNotFoundError(f"{what}: weights file {path} does not exist")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        text = str(exc).lower()
-        if "global" in text and ("unsupported" in text or "not allowed" in text):
-            raise UnsafeWeightsError(
-                f"{what}: {path} is a pickle that would run code when loaded (it holds objects, "
-                "not only tensors); refusing it. Convert it to .safetensors or to a plain tensor "
-                "state dict where you trust it."
-            ) from None
-        raise UnsafeWeightsError(f"{what}: cannot read {path} as weights: {exc}") from None
+    state = _load_tensor_pickle(path, what)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -8,7 +8,13 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from igmu.cli.options import add_threads, apply_threads, positive_int
+from igmu.cli.options import (
+    add_sampling_overrides,
+    add_threads,
+    apply_threads,
+    natural_int,
+    positive_int,
+)
 from igmu.errors import ConfigError, IGMUError
 
 DESCRIPTION = (
@@ -45,16 +51,6 @@ def _epilog() -> str:
     return "\n".join(lines)
 
 
-def _natural(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="built-in task name or task YAML path")
     parser.add_argument("--method", required=True,
@@ -72,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per attack: optimisation steps (text_grad, textual_inversion), "
                         "generations (concept_vector) or extra seeds (seed_search); default: "
                         "each attack's own")
-    parser.add_argument("--seed", type=_natural, default=0, metavar="S",
+    parser.add_argument("--seed", type=natural_int, default=0, metavar="S",
                         help="the attacks' random seed (default 0)")
     parser.add_argument("--images-per-prompt", type=positive_int, metavar="N",
                         help="attack images per prompt for the optimising attacks, seeds 0..N-1 "
@@ -80,10 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                         help="an attack setting, repeatable, e.g. --set text_grad.tokens=3")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--steps", type=positive_int, help="override generator.steps")
-    parser.add_argument("--guidance", type=float, help="override generator.guidance")
-    parser.add_argument("--height", type=positive_int, help="override generator.height")
-    parser.add_argument("--width", type=positive_int, help="override generator.width")
+    add_sampling_overrides(parser)
     add_threads(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

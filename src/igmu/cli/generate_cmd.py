@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from igmu.cli.options import add_threads, apply_threads, positive_int
+from igmu.cli.options import (
+    add_sampling_overrides,
+    add_threads,
+    apply_threads,
+    positive_int,
+)
 from igmu.errors import IGMUError
 
 # spelled here to keep `igmu --help` free of torch imports; checked against the engine's in tests
@@ -129,10 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="torch threads of each CPU Ray worker (default 1)",
     )
-    parser.add_argument("--steps", type=positive_int, help="override generator.steps")
-    parser.add_argument("--guidance", type=float, help="override generator.guidance")
-    parser.add_argument("--height", type=positive_int, help="override generator.height")
-    parser.add_argument("--width", type=positive_int, help="override generator.width")
+    add_sampling_overrides(parser)
     add_threads(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -15,6 +15,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def natural_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def add_sampling_overrides(parser: argparse.ArgumentParser) -> None:
+    """--steps/--guidance/--height/--width: one run's change to the models file's generator."""
+    parser.add_argument("--steps", type=positive_int, help="override generator.steps")
+    parser.add_argument("--guidance", type=float, help="override generator.guidance")
+    parser.add_argument("--height", type=positive_int, help="override generator.height")
+    parser.add_argument("--width", type=positive_int, help="override generator.width")
+
+
 def add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
