@@ -139,3 +139,33 @@ def test_every_attack_runs_on_a_saved_sdxl_pipeline(sdxl_models: Path, tmp_path:
     for record in records:
         with Image.open(record.path) as image:
             assert image.convert("RGB").size == (32, 32)
+
+
+def test_a_weights_entry_is_attacked_as_generate_loads_it(tmp_path: Path) -> None:
+    """A models-file method given as base + UNet weights is loaded by its PipelineSource, as
+    `igmu generate` loads it (not as a folder named by its description)."""
+    from safetensors.torch import save_file
+
+    from igmu.attacks.engine import AttackOptions, run_attacks
+    from igmu.backbones.config import load_models_config
+    from igmu.backbones.tiny import make_tiny_sd_pipeline
+    from igmu.generation.diffusers_backend import DiffusersGenerator
+    from igmu.generation.plan import base_settings, resolve_method
+
+    pipeline = make_tiny_sd_pipeline(tokenizer_dir=tmp_path / "tok")
+    pipeline.save_pretrained(str(tmp_path / "sd"))
+    save_file({k: v * 0.5 for k, v in pipeline.unet.state_dict().items()},
+              str(tmp_path / "half.safetensors"))
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({
+        "generator": {"model": "./sd", "steps": 2, "height": 32, "width": 32},
+        "methods": {"HALF": {"unet": "./half.safetensors"}}}), encoding="utf-8")
+    models, task = load_models_config(path), load_task("church")
+    result = run_attacks(task, tmp_path / "out", models, AttackOptions(
+        methods=["HALF"], attacks=["concept_vector", "seed_search"], prompts=1, budget=1,
+        settings={"concept_vector": {"population": 4}}, progress=False))
+    settings = base_settings(models, AttackOptions([], []).overrides)
+    spec = resolve_method("HALF", task, models, settings)
+    expected = DiffusersGenerator.load(spec.pipeline_source, spec.field).fingerprint
+    assert {r["model_fingerprint"] for r in result.rows} == {expected}
+    assert DiffusersGenerator.load(str(tmp_path / "sd"), "x").fingerprint != expected
