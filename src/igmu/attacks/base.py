@@ -61,7 +61,7 @@ class AttackOutcome:
     image_seeds: list[int]
     token_ids: list[int] | None = None
     positions: list[int] | None = None
-    vectors: Any = None  # torch.Tensor [len(positions), hidden size]
+    vectors: Any = None  # [len(positions), D] tensor; a tuple of one per text encoder (SDXL)
     steps: int = 0
     loss: float | None = None
     details: dict[str, Any] = field(default_factory=dict)

@@ -2,17 +2,20 @@
 only the text encoder.
 
 1. Concept direction c: the mean, over prompt pairs with and without the concept, of the
-   difference of the text encoder's full last hidden states [L, D] (padding included). Pairs: the
+   difference of their conditioning as the UNet reads it (the family adapter's): the full
+   context [L, D] (padding included) and, for families that have one (SDXL), the pooled
+   embedding [P], which steers the whole image through the time embedding. Pairs: the
    task's ``unlearning.erase`` (prompt, anchor) pairs when it has them (prompts never evaluated),
    else its forget prompts beside their concept-stripped versions.
-2. Target for a forget prompt: the hidden states of its concept-stripped prompt plus ``eta`` c
+2. Target for a forget prompt: the conditioning of its concept-stripped prompt plus ``eta`` c
    (``start = prompt``: of the prompt itself, as the published notebook does).
 3. Genetic search over ``length`` discrete tokens (default: as many as the prompt has) for the
-   sequence <sot> tokens <eot> (tokens of printable ASCII text by default) whose hidden states
-   are nearest the target (mean squared error
-   over every position and dimension). Each generation keeps the better half; each survivor,
-   with probability ``crossover``, breeds with a random survivor at one cut point (two
-   children); each individual, with probability ``mutation``, gets one random token replaced.
+   sequence <sot> tokens <eot> (tokens of printable ASCII text by default) whose conditioning
+   is nearest the target: the mean squared error over every position and dimension of the
+   context, plus (SDXL) that over the pooled embedding's dimensions. Each generation keeps the
+   better half; each survivor, with probability ``crossover``, breeds with a random survivor at
+   one cut point (two children); each individual, with probability ``mutation``, gets one
+   random token replaced.
    The best sequence seen is the answer; only the searched tokens form the prompt.
 
 Budget: generations. It never touches the attacked UNet, so its prompt for a method differs from
@@ -31,8 +34,17 @@ from igmu.attacks.base import (
     register_attack,
     require,
 )
+from igmu.families import Conditioning
 
 STARTS = ("stripped", "prompt")
+
+
+def shifted(start: Conditioning, direction: Conditioning, eta: float) -> Conditioning:
+    """start (one row) + eta x direction: the search target, kept as one row."""
+    pooled = None
+    if direction.pooled is not None:
+        pooled = start.pooled + eta * direction.pooled
+    return Conditioning(start.hidden + eta * direction.hidden, pooled)
 
 
 def concept_pairs(task: Any) -> list[tuple[str, str]]:
@@ -75,9 +87,13 @@ class ConceptVector(Attack):
     def prepare(self, ctx: PrepareContext) -> Any:
         pairs = concept_pairs(ctx.task)
         model = ctx.model
-        with_concept = model.encode_text([a for a, _ in pairs])
-        without = model.encode_text([b for _, b in pairs])
-        return {"direction": (with_concept - without).mean(0), "pairs": len(pairs)}
+        with_concept = model.condition_text([a for a, _ in pairs])
+        without = model.condition_text([b for _, b in pairs])
+        pooled = None
+        if with_concept.pooled is not None:
+            pooled = (with_concept.pooled - without.pooled).mean(0)
+        direction = Conditioning((with_concept.hidden - without.hidden).mean(0), pooled)
+        return {"direction": direction, "pairs": len(pairs)}
 
     def run(self, problem: AttackProblem) -> AttackOutcome:
         import torch
@@ -89,7 +105,8 @@ class ConceptVector(Attack):
                                                              prompt.prompt_index)
         else:
             start = prompt.text
-        target = model.encode_text([start])[0] + settings["eta"] * problem.prepared["direction"]
+        target = shifted(model.condition_text([start]), problem.prepared["direction"],
+                         settings["eta"])
         length = settings["length"] or len(model.content_ids(prompt.text))
         length = max(1, min(length, model.length - 2))
         vocab = model.vocabulary(settings["vocabulary"])
@@ -100,14 +117,13 @@ class ConceptVector(Attack):
             return vocab[torch.randint(0, len(vocab), shape, generator=generator)]
 
         def fitness(population: Any) -> Any:
-            ids = torch.full((len(population), model.length), model.pad_id, dtype=torch.long,
-                             device=model.device)
-            ids[:, 0] = model.bos_id
-            ids[:, 1 : 1 + length] = population
-            ids[:, 1 + length] = model.eos_id
+            ids = model.padded_batch([model.sequence(row) for row in population.tolist()])
             with torch.no_grad():
-                states = model.encode(ids)
-            return ((states - target) ** 2).mean(dim=(1, 2)).cpu()
+                states = model.condition(ids)
+            score = ((states.hidden - target.hidden) ** 2).mean(dim=(1, 2))
+            if target.pooled is not None:
+                score = score + ((states.pooled - target.pooled) ** 2).mean(dim=1)
+            return score.cpu()
 
         population = draw(size, length)
         best, best_score = population[0], float("inf")
@@ -136,7 +152,10 @@ class ConceptVector(Attack):
             best, best_score = population[last].clone(), float(scores[last])
         ids = model.sequence([int(i) for i in best.tolist()])
         text = model.render(ids)
-        reference = float(((model.encode_text([prompt.text])[0] - target) ** 2).mean())
+        plain = model.condition_text([prompt.text])
+        reference = float(((plain.hidden[0] - target.hidden[0]) ** 2).mean())
+        if target.pooled is not None:
+            reference += float(((plain.pooled[0] - target.pooled[0]) ** 2).mean())
         return AttackOutcome(
             kind="token_ids",
             text=text,

@@ -47,9 +47,10 @@ from igmu.generation.plan import (
     canonical_methods,
     resolve_method,
 )
+from igmu.generation.sources import PipelineSource
 from igmu.tasks.model import Task
 
-GeneratorFactory = Callable[[str, str], Any]
+GeneratorFactory = Callable[[Any, str], Any]  # (PipelineSource, models-file field) -> Generator
 
 
 @dataclass
@@ -112,8 +113,8 @@ def prompt_seed(seed: int, prompt: AttackPrompt) -> int:
 def default_factory(device: str) -> GeneratorFactory:
     from igmu.generation.diffusers_backend import DiffusersGenerator
 
-    def load(model: str, field_name: str) -> Any:
-        return DiffusersGenerator.load(model, field_name, device, 1)
+    def load(source: Any, field_name: str) -> Any:
+        return DiffusersGenerator.load(source, field_name, device, 1)
 
     return load
 
@@ -127,18 +128,19 @@ class _Run:
         self.cache, self.store = ImageCache(out), ResultStore(out)
         self.settings = base_settings(models, options.overrides)
         self.org = resolve_method(ORG, task, models, self.settings)
-        self.generators: dict[str, Any] = {}
+        self.generators: dict[PipelineSource, Any] = {}
 
     def generator(self, spec: MethodSpec) -> Any:
-        if spec.model not in self.generators:
+        source = spec.pipeline_source  # as igmu generate loads it (base + weights applied)
+        if source not in self.generators:
             if self.options.progress:
                 print(f"loading {spec.model} ({spec.name})", file=sys.stderr)
-            self.generators[spec.model] = self.factory(spec.model, spec.field)
-        return self.generators[spec.model]
+            self.generators[source] = self.factory(source, spec.field)
+        return self.generators[source]
 
-    def release(self, keep: str | None) -> None:
-        for model in [m for m in self.generators if m != keep]:
-            del self.generators[model]
+    def release(self, keep: PipelineSource | None) -> None:
+        for source in [s for s in self.generators if s != keep]:
+            del self.generators[source]
         gc.collect()
 
     def target_identity(self) -> dict[str, Any]:
@@ -256,10 +258,10 @@ def run_attacks(task: Task, out: Path, models: ModelsConfig, options: AttackOpti
     try:
         # Models in first-use order; NEGPROMPT shares ORG's pipeline; ORG stays loaded for
         # the targets of white-box attacks.
-        for model in dict.fromkeys(spec.model for spec in specs):
-            for spec in [s for s in specs if s.model == model]:
+        for source in dict.fromkeys(spec.pipeline_source for spec in specs):
+            for spec in [s for s in specs if s.pipeline_source == source]:
                 rows += _attack_method(run, spec, chosen, prompts, bar, counts)
-            run.release(run.org.model if needs_org else None)
+            run.release(run.org.pipeline_source if needs_org else None)
     finally:
         bar.close()
     update_attacks(out, rows)

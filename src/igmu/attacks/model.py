@@ -1,32 +1,37 @@
-"""The attacked model as attacks see it: any diffusers pipeline with a ``UNet2DConditionModel``, a
-CLIP text encoder and tokenizer (Stable Diffusion 1.x, the MiniWorld), plus how the method is
-sampled (negative prompt, guidance).
+"""The attacked model as attacks see it: any pipeline of a known model family
+(`igmu.families`: Stable Diffusion 1.x/2.x, the MiniWorld, SDXL), plus how the method is sampled
+(negative prompt, guidance). Every model-specific step goes through the family adapter.
 
-- Text: token ids are padded to the encoder's length (77 for SD-1.x) as the pipeline pads them;
-  ``encode`` runs the text encoder on ids with the input embeddings at some positions replaced
-  by given vectors (a forward hook on the embedding table, so the rest of the encoder is exactly
-  the pipeline's), differentiably.
-- Images: ``to_model_space`` maps uint8 images to x0 in the UNet's input space: the VAE
-  posterior mean times its scaling factor when the pipeline has a VAE (SD), the pixels in
-  [-1, 1] when it has none (the MiniWorld).
+- Text: token ids are padded to the encoders' length (77 for CLIP) as the pipeline pads them,
+  with each tokenizer's own pad id: ``padded`` gives [1, L] for one text encoder, [1, E, L] for
+  E encoders (SDXL; the tokenizers share one vocabulary, so the ids are shared). ``condition``
+  runs the adapter's ``encode`` with the input embeddings at some positions replaced by given
+  vectors, one per encoder (each encoder's own embedding space), differentiably.
+- Images: ``to_model_space`` maps uint8 images to x0 in the UNet's input space (the adapter's
+  ``to_latents``: the scaled VAE posterior mean, or the pixels in [-1, 1] without a VAE).
 - Loss: the denoising loss at random timesteps of the noise schedule of the pipeline's scheduler
-  configuration. When the method is sampled with a negative prompt (NEGPROMPT), the prediction
-  is the classifier-free-guided one with that negative prompt as the unconditional branch,
-  because that is the denoiser the user samples with.
+  configuration, through the adapter's ``predict_noise``. When the method is sampled with a
+  negative prompt (NEGPROMPT), the prediction is the classifier-free-guided one (``guided_noise``)
+  with the adapter's unconditional branch for it, because that is the denoiser the user samples
+  with.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from igmu.errors import ConfigError
+from igmu.families import Conditioning
 
 GUIDED_LOSS = ("auto", "on", "off")
 VOCABULARIES = ("all", "ascii", "words")
+
+
+def vector_parts(vectors: Any) -> tuple[Any, ...]:
+    """Replacement vectors as one tensor per text encoder (a lone tensor is the only one's)."""
+    return tuple(vectors) if isinstance(vectors, (tuple, list)) else (vectors,)
 
 
 class AttackedModel:
@@ -34,28 +39,33 @@ class AttackedModel:
         import torch
         from diffusers import DDPMScheduler
 
-        from igmu.methods.pipeline import token_length
+        from igmu.families import family_of
 
-        for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
-            if getattr(pipeline, part, None) is None:
-                raise ConfigError(
-                    f"attacks need a pipeline with a UNet, a CLIP text encoder, a tokenizer and a "
-                    f"scheduler; {type(pipeline).__name__} has no {part}"
-                )
+        try:
+            self.family = family_of(pipeline, type(pipeline).__name__)
+        except ConfigError as exc:
+            raise ConfigError(f"attacks need a pipeline of a known model family: {exc}") from None
+        family = self.family
         self.pipeline = pipeline
         self.settings = settings
         self.device = torch.device(device)
-        self.unet, self.text_encoder = pipeline.unet, pipeline.text_encoder
-        self.tokenizer = pipeline.tokenizer
-        self.vae = getattr(pipeline, "vae", None)
-        for module in (self.unet, self.text_encoder, self.vae):
+        self.unet, self.vae = family.unet, family.vae
+        self.text_encoders, self.tokenizers = family.text_encoders, family.tokenizers
+        self.text_encoder, self.tokenizer = self.text_encoders[0], self.tokenizers[0]
+        for module in (self.unet, *self.text_encoders, self.vae):
             if module is not None:
                 module.requires_grad_(False)
-        self.length = token_length(pipeline)
-        self.embedding_table = self.text_encoder.get_input_embeddings()
+        self.length = family.token_length()
+        self.embedding_tables = tuple(e.get_input_embeddings() for e in self.text_encoders)
+        self.embedding_table = self.embedding_tables[0]
         tok = self.tokenizer
         self.bos_id, self.eos_id = int(tok.bos_token_id), int(tok.eos_token_id)
-        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        self._check_shared_vocabulary()
+        self.pad_ids = tuple(
+            int(t.pad_token_id if t.pad_token_id is not None else t.eos_token_id)
+            for t in self.tokenizers
+        )
+        self.pad_id = self.pad_ids[0]
         self.special_ids = {int(i) for i in tok.all_special_ids}
         self.schedule = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.num_train_timesteps = int(self.schedule.config.num_train_timesteps)
@@ -65,6 +75,18 @@ class AttackedModel:
         self.negative_prompt = settings.negative_prompt
         self.guidance = float(settings.guidance_scale)
         self._negative: Any = None
+
+    def _check_shared_vocabulary(self) -> None:
+        """Token ids are shared by every encoder: their tokenizers must agree on them."""
+        first = self.tokenizer
+        for tok, table in zip(self.tokenizers[1:], self.embedding_tables[1:], strict=True):
+            same = (int(tok.bos_token_id), int(tok.eos_token_id)) == (self.bos_id, self.eos_id)
+            if not same or tok.get_vocab() != first.get_vocab() or (
+                    table.num_embeddings != self.embedding_table.num_embeddings):
+                raise ConfigError(
+                    f"attacks need text encoders that share one vocabulary; "
+                    f"{type(self.pipeline).__name__}'s tokenizers differ"
+                )
 
     # -----------------------------------------------------------------------------------------
     # text
@@ -83,13 +105,20 @@ class AttackedModel:
         return [self.bos_id, *content[: self.length - 2], self.eos_id]
 
     def padded(self, ids: list[int]) -> Any:
-        """ids padded with the pad token to the encoder's length, as a [1, L] LongTensor."""
+        """ids padded to the encoders' length with each tokenizer's pad id: a [1, L] LongTensor
+        for one text encoder, [1, E, L] for E encoders."""
         import torch
 
         if len(ids) > self.length:
             raise ValueError(f"{len(ids)} token ids exceed the encoder's length {self.length}")
-        full = list(ids) + [self.pad_id] * (self.length - len(ids))
-        return torch.tensor([full], dtype=torch.long, device=self.device)
+        rows = [list(ids) + [pad] * (self.length - len(ids)) for pad in self.pad_ids]
+        full = torch.tensor([rows], dtype=torch.long, device=self.device)
+        return full[:, 0] if len(rows) == 1 else full
+
+    def padded_batch(self, sequences: list[list[int]]) -> Any:
+        import torch
+
+        return torch.cat([self.padded(ids) for ids in sequences])
 
     def vocabulary(self, kind: str = "all") -> Any:
         """Token ids an attack may insert: every non-special token (``all``), those whose text
@@ -122,40 +151,58 @@ class AttackedModel:
         )).strip()
         return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
-    @contextlib.contextmanager
-    def _replaced(self, positions: list[int] | None, vectors: Any) -> Iterator[None]:
-        if not positions:
-            yield
-            return
+    def _split(self, ids: Any) -> tuple[Any, ...]:
+        """Padded ids ([B, L] or [B, E, L], see `padded`) as one [B, L] tensor per encoder."""
+        count = len(self.text_encoders)
+        if ids.ndim == 2 and count == 1:
+            return (ids,)
+        if ids.ndim == 3 and ids.shape[1] == count:
+            return tuple(ids[:, i] for i in range(count))
+        raise ValueError(f"padded ids of shape {tuple(ids.shape)} do not fit {count} encoder(s)")
 
-        def hook(module: Any, args: Any, output: Any) -> Any:
-            out = output.clone()
-            out[:, positions, :] = vectors.to(out.dtype).expand(out.shape[0], -1, -1)
-            return out
-
-        handle = self.embedding_table.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def encode(self, ids: Any, positions: list[int] | None = None, vectors: Any = None) -> Any:
-        """Last hidden states [B, L, D] of padded ids [B, L], with the input embeddings at
-        ``positions`` replaced by ``vectors`` [k, D] or [B, k, D] (gradients flow to them)."""
-        with self._replaced(positions, vectors):
-            return self.text_encoder(ids.to(self.device))[0].float()
-
-    def encode_text(self, texts: list[str]) -> Any:
+    def condition(self, ids: Any, positions: list[int] | None = None, vectors: Any = None
+                  ) -> Conditioning:
+        """The float32 conditioning of padded ids, with the input embeddings at ``positions``
+        replaced by ``vectors``: per encoder (a tuple, or one tensor for one encoder) [k, D_i]
+        or [B, k, D_i]; gradients flow to them."""
         import torch
 
-        ids = torch.cat([self.padded(self.token_ids(t)) for t in texts])
-        with torch.no_grad():
-            return self.encode(ids)
+        split = self._split(ids.to(self.device))
+        embeds = None
+        if positions:
+            parts = vector_parts(vectors)
+            if len(parts) != len(split):
+                raise ValueError(f"{len(parts)} vector sets for {len(split)} text encoders")
+            embeds = []
+            for table_rows, part in zip(self.family.token_embeddings(split), parts, strict=True):
+                out = table_rows.clone()
+                out[:, positions, :] = part.to(out.dtype).expand(out.shape[0], -1, -1)
+                embeds.append(out)
+            embeds = tuple(embeds)
+        return self.family.encode(split, embeds).to(dtype=torch.float32)
 
-    def negative_states(self) -> Any:
-        """The unconditional branch the method is sampled with (its negative prompt, or "")."""
+    def encode(self, ids: Any, positions: list[int] | None = None, vectors: Any = None) -> Any:
+        """The cross-attention context [B, L, D] of `condition`."""
+        return self.condition(ids, positions, vectors).hidden
+
+    def condition_text(self, texts: list[str]) -> Conditioning:
+        import torch
+
+        with torch.no_grad():
+            return self.condition(self.padded_batch([self.token_ids(t) for t in texts]))
+
+    def encode_text(self, texts: list[str]) -> Any:
+        return self.condition_text(texts).hidden
+
+    def negative_states(self) -> Conditioning:
+        """The unconditional branch the method is sampled with: the adapter's, for its negative
+        prompt (SD: "" by default; SDXL: zeros by default)."""
+        import torch
+
         if self._negative is None:
-            self._negative = self.encode_text([self.negative_prompt or ""])
+            with torch.no_grad():
+                uncond = self.family.unconditional(self.negative_prompt, 1)
+            self._negative = uncond.to(device=self.device, dtype=torch.float32)
         return self._negative
 
     # -----------------------------------------------------------------------------------------
@@ -167,12 +214,7 @@ class AttackedModel:
 
         array = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 127.5 - 1.0
         pixels = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous().to(self.device)
-        if self.vae is None:
-            return pixels
-        with torch.no_grad():
-            latent = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mean
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return ((latent - shift) * self.vae.config.scaling_factor).float()
+        return self.family.to_latents(pixels).float()
 
     def draw(self, x0: Any, batch: int, generator: Any, rows: Any = None
              ) -> tuple[Any, Any, Any]:
@@ -204,21 +246,13 @@ class AttackedModel:
         return self.negative_prompt is not None if mode == "auto" else mode == "on"
 
     def predict(self, noisy: Any, t: Any, states: Any, guided: bool) -> Any:
-        """The denoiser's output for conditioning ``states`` [1 or B, L, D]; with ``guided``,
-        classifier-free guided at the method's scale against its negative prompt (or "")."""
-        import torch
-
-        batch = noisy.shape[0]
-        cond = states.expand(batch, -1, -1) if states.shape[0] == 1 else states
+        """The denoiser's output for a conditioning (or a context tensor) of 1 or B rows; with
+        ``guided``, classifier-free guided at the method's scale against its unconditional
+        branch."""
+        cond = states if isinstance(states, Conditioning) else Conditioning(states)
         if not guided:
-            return self.unet(noisy, t, encoder_hidden_states=cond).sample
-        uncond = self.negative_states().expand(batch, -1, -1)
-        out = self.unet(
-            torch.cat([noisy, noisy]), torch.cat([t, t]),
-            encoder_hidden_states=torch.cat([uncond, cond]),
-        ).sample
-        e_uncond, e_cond = out.chunk(2)
-        return e_uncond + self.guidance * (e_cond - e_uncond)
+            return self.family.predict_noise(noisy, t, cond)
+        return self.family.guided_noise(noisy, t, cond, self.negative_states(), self.guidance)
 
     def loss(self, draws: tuple[Any, Any, Any], states: Any, guided: bool) -> Any:
         import torch

@@ -74,7 +74,7 @@ def probe_loss(model: Any, draws: Any, ids: list[int], guided: bool) -> float:
     import torch
 
     with torch.no_grad():
-        return float(model.loss(draws, model.encode(model.padded(ids)), guided))
+        return float(model.loss(draws, model.condition(model.padded(ids)), guided))
 
 
 @register_attack
@@ -114,7 +114,8 @@ class TextGrad(Attack):
         generator = torch.Generator().manual_seed(problem.seed)
         x0 = model.to_model_space(problem.targets)
         vocab = model.vocabulary(settings["vocabulary"])
-        table = model.embedding_table.weight.detach()[vocab].float()
+        # one table per text encoder (SDXL: two); the sampled one-hot rows pick from each
+        tables = [t.weight.detach()[vocab].float() for t in model.embedding_tables]
         k = min(settings["tokens"], model.length - 3)
         content = model.content_ids(problem.prompt.text)
         template = model.sequence([int(vocab[0])] * k + content)
@@ -138,8 +139,8 @@ class TextGrad(Attack):
         for step in range(1, budget + 1):
             picked = torch.multinomial(rows.detach().cpu(), 1, generator=generator).squeeze(1)
             hard = torch.nn.functional.one_hot(picked, len(vocab)).to(rows.dtype)
-            vectors = ste.apply(rows, hard.to(model.device)) @ table
-            states = model.encode(padded, positions, vectors)
+            onehot = ste.apply(rows, hard.to(model.device))
+            states = model.condition(padded, positions, tuple(onehot @ t for t in tables))
             loss = model.loss(model.draw(x0, settings["batch"], generator), states, guided)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

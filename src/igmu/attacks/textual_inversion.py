@@ -1,15 +1,16 @@
 """``textual_inversion``: Concept Inversion (CCE, Pham et al., ICLR 2024) — textual inversion run
 against the erased model.
 
-One new token embedding v (one vector, a placeholder right after <sot>) is learned once per
-attacked model and task: the training texts are the task's concept prompts (its
-``unlearning.erase`` prompts, never evaluated, else its concept name and words; the first
-``train_prompts``), each with the placeholder in front; the training images are ORG's images of
-those prompts (seeds 0..targets-1). A step draws ``batch`` (image, text) pairs, random timesteps
-and fresh noise, and lowers the *attacked* model's denoising loss by AdamW on v alone (every
-weight of the model stays fixed). v starts at the mean input embedding of the concept name's
-tokens. When the method is sampled with a negative prompt (NEGPROMPT) the loss is on the guided
-prediction with it, as CCE does for negative-prompt methods.
+One new token embedding v (a placeholder right after <sot>; one vector per text encoder, each in
+that encoder's embedding space: two for SDXL) is learned once per attacked model and task: the
+training texts are the task's concept prompts (its ``unlearning.erase`` prompts, never
+evaluated, else its concept name and words; the first ``train_prompts``), each with the
+placeholder in front; the training images are ORG's images of those prompts (seeds
+0..targets-1). A step draws ``batch`` (image, text) pairs, random timesteps and fresh noise, and
+lowers the *attacked* model's denoising loss by AdamW on v alone (every weight of the model stays
+fixed). v starts at the mean input embedding of the concept name's tokens, per encoder. When the
+method is sampled with a negative prompt (NEGPROMPT) the loss is on the guided prediction with
+it, as CCE does for negative-prompt methods.
 
 The attack on a forget prompt is the prompt with the learned token in front. Budget:
 optimisation steps of the shared training. The training is done once and kept in
@@ -30,6 +31,7 @@ from igmu.attacks.base import (
     register_attack,
     require,
 )
+from igmu.attacks.imaging import pack_vectors, vector_names
 
 PLACEHOLDER = "<igmu-ti>"
 PROBE_SEED_OFFSET = 104_729
@@ -72,9 +74,11 @@ class TextualInversion(Attack):
         import torch
 
         stored = ctx.store.load_shared(ctx.key)
+        names = vector_names("vector", len(ctx.model.text_encoders))
         if stored is not None:
             tensors, info = stored
-            return {"vector": tensors["vector"].to(ctx.model.device), "info": info}
+            return {"vectors": tuple(tensors[n].to(ctx.model.device) for n in names),
+                    "info": info}
         started = time.perf_counter()
         settings, model = ctx.settings, ctx.model
         texts = training_prompts(ctx.task, settings["train_prompts"])
@@ -86,15 +90,15 @@ class TextualInversion(Attack):
             for t in texts for _ in seeds
         ])
         guided = model.guided(settings["guided_loss"])
-        table = model.embedding_table.weight.detach()
-        init = table[model.content_ids(ctx.task.concept_name)].float().mean(0, keepdim=True)
-        vector = init.clone().requires_grad_(True)
-        optimizer = torch.optim.AdamW([vector], lr=settings["lr"],
+        concept = model.content_ids(ctx.task.concept_name)
+        vectors = [table.weight.detach()[concept].float().mean(0, keepdim=True).clone()
+                   .requires_grad_(True) for table in model.embedding_tables]
+        optimizer = torch.optim.AdamW(vectors, lr=settings["lr"],
                                       weight_decay=settings["weight_decay"])
         generator = torch.Generator().manual_seed(ctx.seed)
 
         def loss_on(draws: Any, rows: Any) -> Any:
-            states = model.encode(ids[rows], [1], vector)
+            states = model.condition(ids[rows], [1], tuple(vectors))
             return model.loss(draws, states, guided)
 
         def drawn(count: int, gen: Any) -> tuple[Any, Any]:
@@ -122,8 +126,9 @@ class TextualInversion(Attack):
             "guided_loss": guided,
             "shared_wall_seconds": round(time.perf_counter() - started, 3),
         }
-        ctx.store.save_shared(ctx.key, {"vector": vector.detach()}, info)
-        return {"vector": vector.detach(), "info": info}
+        learned = tuple(v.detach() for v in vectors)
+        ctx.store.save_shared(ctx.key, dict(zip(names, learned, strict=True)), info)
+        return {"vectors": learned, "info": info}
 
     def run(self, problem: AttackProblem) -> AttackOutcome:
         model, prepared = problem.model, problem.prepared
@@ -134,7 +139,7 @@ class TextualInversion(Attack):
             image_seeds=list(range(problem.settings["images"])),
             token_ids=ids,
             positions=[1],
-            vectors=prepared["vector"],
+            vectors=pack_vectors(prepared["vectors"]),
             steps=problem.settings["budget"],
             loss=prepared["info"]["probe_loss_after"],
             details={"placeholder": PLACEHOLDER, **prepared["info"]},

@@ -241,10 +241,12 @@ class FamilyAdapter:
     def guided_noise(self, latents: Any, t: Any, cond: Conditioning, uncond: Conditioning,
                      guidance: float, unet: Any = None) -> Any:
         """Classifier-free guided prediction, batched as the pipelines batch it:
-        ``[uncond; cond]`` in one UNet call, then ``u + g (c - u)``."""
+        ``[uncond; cond]`` in one UNet call, then ``u + g (c - u)`` (``t``: one, or per row)."""
         import torch
 
         batch = int(latents.shape[0])
+        if torch.is_tensor(t) and t.ndim == 1 and int(t.shape[0]) == batch:
+            t = torch.cat([t, t])
         both = uncond.expand(batch).cat(cond.expand(batch))
         out = self.predict_noise(torch.cat([latents, latents]), t, both, unet)
         e_uncond, e_cond = out.chunk(2)
