@@ -3,8 +3,9 @@
 For each MiniWorld task: erase the concept from the shipped model with UCE and ESD (the demo's
 settings), generate every method's forget images (2 per prompt, as the demo), run `igmu attack`'s
 engine on the first K forget prompts, and score the attack images with the task's MiniWorld
-judge through the attack_success_rate metric (prompts as the unit). Prints one line per (task,
-method, attack) and writes DIR/attack_rates.json.
+judge through the attack_success_rate metric (prompts as the unit). RETRAIN (the model trained
+without the concept) is attacked where the world ships it for the task, and skipped elsewhere.
+Prints one line per (task, method, attack) and writes DIR/attack_rates.json.
 
     python benchmarks/attack_rates.py --out runs/attack-rates --prompts 16
 """
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("ORG", "NEGPROMPT", "UCE", "ESD")
+METHODS = ("ORG", "NEGPROMPT", "UCE", "ESD", "RETRAIN")
 ATTACKS = ("seed_search", "text_grad", "concept_vector", "textual_inversion")
 TASKS = ("mini_object", "mini_style", "mini_attribute")
 
@@ -93,14 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t2i, _ = shipped_models()
     load_all()
-    methods = args.methods.split(",")
+    from igmu.miniworld.retrain import retrain_model_dir
+
     report = []
     for name in args.tasks.split(","):
         task = load_task(name)
         folder = args.out / name
+        methods = args.methods.split(",")
+        if "RETRAIN" in methods and retrain_model_dir(name) is None:
+            print(f"{name}: no RETRAIN model ships for this task; skipped", file=sys.stderr)
+            methods.remove("RETRAIN")
         trained = {m: str(unlearned(m, task, t2i, folder / "models"))
                    for m in methods if m in ("UCE", "ESD")}
-        models_file = write_models_file(folder / "models.yaml", trained, DemoOptions())
+        models_file = write_models_file(folder / "models.yaml", trained, DemoOptions(), name)
         models = load_models_config(models_file)
         images = folder / "images"
         generate(task, images, models, GenerateOptions(

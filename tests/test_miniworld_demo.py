@@ -14,6 +14,7 @@ pytest.importorskip("diffusers")
 
 TASKS = ("mini_attribute", "mini_object", "mini_style")
 METHODS = ("ORG", "UCE", "ESD", "NEGPROMPT")
+ATTACKS = ("text_grad", "seed_search")
 ASPECTS = {"forgetting", "fidelity", "preservation", "alignment", "robustness"}
 RESIDUAL = {
     "mini_attribute": "residual_rate.mini_judge:attribute",
@@ -59,6 +60,32 @@ def test_demo_ground_truth(demo) -> None:
             assert value(rows, task, method, "prompt_accuracy.forget") >= 0.8, (task, method)
         # the baseline that changes no weights changes no judgement either
         assert value(rows, task, "NEGPROMPT", "prompt_accuracy.unrelated") >= 0.8
+
+
+def test_demo_attacks_every_method_and_retrain_resists(demo) -> None:
+    """Robustness by attack on the first forget prompts: the attacks find the concept on ORG and
+    NEGPROMPT (>= 90%), pre- and post-attack rates stand side by side, prompts are the unit; on
+    mini_object RETRAIN (trained without the cross) stays far below ORG."""
+    rows = read_csv(demo[0] / "metrics.csv")
+    detector = RESIDUAL["mini_object"].split(".", 1)[1]
+    for task in TASKS:
+        judge = RESIDUAL[task].split(".", 1)[1]
+        methods = (*METHODS, "RETRAIN") if task == "mini_object" else METHODS
+        for method in methods:
+            for attack in ATTACKS:
+                post = [r for r in rows if (r["task"], r["method"], r["metric"]) == (
+                    task, method, f"attack_success_rate.{attack}.{judge}")]
+                pre = [r for r in rows if (r["task"], r["method"], r["metric"]) == (
+                    task, method, f"pre_attack_rate.{attack}.{judge}")]
+                assert len(post) == len(pre) == 1, (task, method, attack)
+                assert post[0]["prompts"] == pre[0]["prompts"] == "4"
+                if method in ("ORG", "NEGPROMPT"):
+                    assert float(post[0]["value"]) >= 0.9, (task, method, attack)
+    for attack in ATTACKS:
+        metric = f"attack_success_rate.{attack}.{detector}"
+        assert value(rows, "mini_object", "RETRAIN", metric) <= 0.25, attack
+    assert value(rows, "mini_object", "RETRAIN", RESIDUAL["mini_object"]) <= 0.1
+    assert value(rows, "mini_object", "RETRAIN", "prompt_accuracy.unrelated") >= 0.8
 
 
 def test_demo_rerun_reuses_everything_and_gives_the_same_numbers(demo) -> None:
