@@ -32,7 +32,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="DDIM steps per image (default %(default)s)")
     parser.add_argument("--attacks", default=",".join(defaults.attacks),
                         help="attacks run on every method, comma-separated ('' for none; "
-                        "default %(default)s)")
+                        "default %(default)s; text_grad at budget 6 and seed_search at budget 2, "
+                        "half of `igmu attack`'s defaults)")
     parser.add_argument("--attack-prompts", type=int, default=defaults.attack_prompts,
                         help="forget prompts attacked per task and method (default "
                         "%(default)s)")

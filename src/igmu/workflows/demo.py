@@ -13,8 +13,9 @@ import io
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -48,6 +49,10 @@ class DemoOptions:
     # Robustness by attack: these attacks on the first forget prompts of every method.
     attacks: tuple[str, ...] = ("text_grad", "seed_search")
     attack_prompts: int = 4
+    # Half the attacks' default budgets, to keep the demo within 6 minutes on 2 cores; `igmu
+    # attack` and benchmarks/attack_rates.py run the defaults.
+    attack_settings: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "text_grad": {"budget": 6}, "seed_search": {"budget": 2}})
     progress: bool = True
 
 
@@ -156,7 +161,9 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
             say(f"[{name}] attacking with {', '.join(options.attacks)} ...")
             run_attacks(task, out / "images" / name, models, AttackOptions(
                 methods=methods, attacks=list(options.attacks),
-                prompts=options.attack_prompts, progress=options.progress))
+                prompts=options.attack_prompts, progress=options.progress,
+                settings={a: dict(v) for a, v in options.attack_settings.items()
+                          if a in options.attacks}))
             lap("attack")
         say(f"[{name}] evaluating ...")
         run_dir = out / "runs" / name
