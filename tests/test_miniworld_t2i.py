@@ -169,12 +169,32 @@ def test_shipped_model_draws_what_is_asked() -> None:
     pipeline = load_pipeline()
     report = judge_accuracy(pipeline, n=16, num_inference_steps=15)
     accuracy = report["accuracy"]
-    assert accuracy["colour"] >= 0.85, report
-    assert accuracy["shape"] >= 0.5, report
-    if pipeline.scheduler.config.prediction_type == "v_prediction":
-        # The fixed recipe (v, x0 floor) draws the background it is asked for; the epsilon model
-        # shipped before it does not (23% at guidance 2), which is why this waits for it.
-        assert accuracy["background"] >= 0.85, report
+    # igmu_t2i.json at guidance 2 (96 prompts): shape 99%, colour 100%, texture 78%,
+    # background 98%; these 16 images: 100/100/88/100%.
+    assert pipeline.scheduler.config.prediction_type == "v_prediction"
+    assert accuracy["colour"] >= 0.9, report
+    assert accuracy["shape"] >= 0.85, report
+    assert accuracy["style"] >= 0.6, report
+    assert accuracy["background"] >= 0.85, report
+
+
+def test_shipped_retrain_draws_the_world_but_rarely_a_cross() -> None:
+    """RETRAIN for mini_object ships, was trained without crosses, draws everything else as ORG
+    does and, asked for a cross, rarely draws what the judge calls one (igmu_t2i.json, 25 steps
+    at guidance 2: 2 of 24 cross prompts; these 48 images at 8 steps: 3 of 12, ORG 12 of 12)."""
+    from igmu.miniworld.retrain import retrain_model_dir
+
+    folder = retrain_model_dir("mini_object")
+    assert folder is not None
+    metadata = json.loads((folder / METADATA).read_text())
+    assert metadata["world"]["without"] == "shape=cross"
+    report = judge_accuracy(load_pipeline(folder), n=48, num_inference_steps=8,
+                            without="shape=cross")
+    assert report["concept"]["n"] >= 10
+    assert report["concept"]["residual"] <= 0.34, report["concept"]
+    org = judge_accuracy(load_pipeline(), n=48, num_inference_steps=8, without="shape=cross")
+    assert org["concept"]["residual"] >= 0.9, org["concept"]
+    assert report["accuracy"]["shape"] >= 0.85 and report["accuracy"]["colour"] >= 0.9, report
 
 
 # ---------------------------------------------------------------------------------------------
