@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from contention import busy_processes
 from PIL import Image
 
 METHODS = ("ORG", "ESD", "UCE")
@@ -400,6 +401,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
     parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N busy single-thread processes beside the timed runs: the contended case (0)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also cProfile one more cold evaluation (fresh store) and print the top functions",
@@ -455,15 +463,18 @@ def main(argv: list[str] | None = None) -> int:
 
         runs: dict[str, list[Timing]] = {"cold": [], "warm": [], "naive": []}
         naive_stats: list[NaiveStats] = []
-        for repeat in range(args.repeats):  # interleaved, so background load hits all alike
-            run_dir = work / "runs" / f"r{repeat}" / TASK  # a fresh store each repeat
-            timing, cold = run_engine(task, images, run_dir, models)
-            runs["cold"].append(timing)
-            timing, warm = run_engine(task, images, run_dir, models)
-            runs["warm"].append(timing)
-            naive_stats.append(NaiveStats())
-            timing, naive = timed(lambda s=naive_stats[-1]: naive_pipeline(task, images, models, s))
-            runs["naive"].append(timing)
+        with busy_processes(args.busy):
+            for repeat in range(args.repeats):  # interleaved, so background load hits all alike
+                run_dir = work / "runs" / f"r{repeat}" / TASK  # a fresh store each repeat
+                timing, cold = run_engine(task, images, run_dir, models)
+                runs["cold"].append(timing)
+                timing, warm = run_engine(task, images, run_dir, models)
+                runs["warm"].append(timing)
+                naive_stats.append(NaiveStats())
+                timing, naive = timed(
+                    lambda s=naive_stats[-1]: naive_pipeline(task, images, models, s)
+                )
+                runs["naive"].append(timing)
         profile = (
             profile_cold(task, images, work / "runs" / "profile" / TASK, models, args.profile_top)
             if args.profile
@@ -479,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         f"1-min load average {load_before:.1f} at start, {load_after:.1f} at end"
     )
     cpus = os.cpu_count() or 1
-    if load_before > 0.5 * cpus or load_after > 1.5 * cpus:  # this process alone adds ~cpus
+    if args.busy:
+        print(f"CONTENDED: {args.busy} busy single-thread process(es) ran beside the timed runs")
+    elif load_before > 0.5 * cpus or load_after > 1.5 * cpus:  # this process alone adds ~cpus
         print(
             "WARNING: other processes share the CPUs; wall times are inflated and noisy, and "
             "batch-1 inference on >1 torch thread suffers most (inflating the ratios). Use "
