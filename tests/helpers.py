@@ -56,3 +56,13 @@ def make_attribute_layout(root: Path, methods: list[str], prompts: int = 3, seed
             noise_image(root / "remove_word" / "ORG" / f"0_{j}_{k}.png", 10_000 + seed)
             seed += 1
     return root
+
+
+def tiny_family_pipeline(family: str, tmp_path_factory) -> object:
+    """A tiny random SD-1.x (``sd``) or SDXL (``sdxl``) pipeline, progress bars off."""
+    from igmu.backbones.tiny import make_tiny_sd_pipeline, make_tiny_sdxl_pipeline
+
+    make = make_tiny_sd_pipeline if family == "sd" else make_tiny_sdxl_pipeline
+    pipeline = make(tokenizer_dir=tmp_path_factory.mktemp(f"tok_{family}"))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

@@ -15,6 +15,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from helpers import tiny_family_pipeline  # noqa: E402
 from igmu.attacks import attack_names  # noqa: E402
 from igmu.attacks.imaging import image_keys  # noqa: E402
 from igmu.attacks.model import AttackedModel  # noqa: E402
@@ -32,12 +33,8 @@ PROMPTS = ["a church on a hill", "a red chair"]
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
 def pipe(request, tmp_path_factory: pytest.TempPathFactory):
-    from igmu.backbones.tiny import make_tiny_sd_pipeline, make_tiny_sdxl_pipeline
-
-    make = make_tiny_sd_pipeline if request.param == "sd" else make_tiny_sdxl_pipeline
-    pipeline = make(tokenizer_dir=tmp_path_factory.mktemp(f"tok_{request.param}"))
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    """A tiny pipeline of each model family."""
+    return tiny_family_pipeline(request.param, tmp_path_factory)
 
 
 def attacked(pipe, negative: str | None = None) -> AttackedModel:

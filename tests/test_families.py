@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from helpers import tiny_family_pipeline  # noqa: E402
 from igmu.errors import ConfigError  # noqa: E402
 from igmu.families import family_of  # noqa: E402
 from igmu.methods import get_method  # noqa: E402
@@ -24,12 +25,8 @@ QUIET = {"progress": False}
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
 def pipe(request, tmp_path_factory: pytest.TempPathFactory):
-    from igmu.backbones.tiny import make_tiny_sd_pipeline, make_tiny_sdxl_pipeline
-
-    make = make_tiny_sd_pipeline if request.param == "sd" else make_tiny_sdxl_pipeline
-    pipeline = make(tokenizer_dir=tmp_path_factory.mktemp(f"tok_{request.param}"))
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    """A tiny pipeline of each model family."""
+    return tiny_family_pipeline(request.param, tmp_path_factory)
 
 
 def test_detection_and_context(pipe) -> None:
