@@ -97,7 +97,10 @@ def run_all(names: list[str], work: Path, logs: Path, args: argparse.Namespace, 
     path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     env["OMP_NUM_THREADS"] = str(args.threads)
-    deadline = time.time() + args.deadline
+    # A GPU session's budget bounds a cuda run; a CPU run takes its hour unless told otherwise.
+    limit = args.deadline if args.deadline is not None else (
+        420.0 if str(args.device).startswith("cuda") else float("inf"))
+    deadline = time.time() + limit
     results: dict[str, dict] = {}
     pending = list(names)
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     add("--sequential", action="store_true", help="one model at a time")
     add("--threads", type=int, default=2, help="torch CPU threads per run (1 on a small CPU)")
     add("--render-workers", type=int, default=3, help="processes rendering each run's pool")
-    add("--deadline", type=float, default=420.0, help="seconds before unfinished runs stop")
+    add("--deadline", type=float, default=None,
+        help="seconds before unfinished runs stop (default 420 on cuda, none on cpu)")
     add("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
 
