@@ -373,16 +373,20 @@ def test_retrain_cli_and_model_dir(tmp_path) -> None:
 def test_gpu_training_script_logic_on_cpu(tmp_path) -> None:
     """benchmarks/train_miniworld_gpu.sh on the CPU with the CI schedule: ORG and one RETRAIN as
     parallel processes, judged, laid out as igmu/miniworld/weights wants them."""
+    import os
     import subprocess
+    import sys
 
     from igmu.miniworld.retrain import retrain_model_dir
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "gpu"
+    # The script runs `python`: this interpreter's, also when its venv is not activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     result = subprocess.run(
         ["bash", str(root / "benchmarks" / "train_miniworld_gpu.sh"), str(out), "--device", "cpu",
          "--short", "--eval-images", "4", "--tasks", "mini_object", "--threads", "1"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PATH": path},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "summary.json").read_text())
