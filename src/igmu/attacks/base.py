@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from igmu.errors import ConfigError
+from igmu.methods.base import as_bool
 from igmu.registry import Registry, did_you_mean
 
 FORMAT = "igmu.attack/1"
@@ -144,11 +145,7 @@ def coerce(attack: str, key: str, value: Any, default: Any) -> Any:
     if default is None or isinstance(default, str):
         return value if value is None or isinstance(value, str) else str(value)
     if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return as_bool(value, where)
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -164,6 +164,15 @@ def _split_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def as_bool(value: Any, where: str) -> bool:
+    """A boolean setting given as a bool or as text (true/yes/1, false/no/0)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ConfigError(f"{where} must be true or false, got {value!r}")
+
+
 def coerce_setting(method: str, key: str, value: Any, default: Any) -> Any:
     """Coerce a setting (possibly text from the command line) to its default's type."""
     where = f"Method {method} setting {key!r}"
@@ -176,11 +185,7 @@ def coerce_setting(method: str, key: str, value: Any, default: Any) -> Any:
             return [v.strip() for v in value if v.strip()]
         raise ConfigError(f"{where} must be a list of text or comma-separated text")
     if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return as_bool(value, where)
     if isinstance(default, int):
         try:
             number = float(value)
