@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from igmu.backbones.config import DEFAULTS, ModelsConfig
 from igmu.constants import METHOD_CARD, NEGPROMPT, ORG, PROMPT_SET_KINDS
 from igmu.errors import ConfigError
 from igmu.generation.base import GenerationSettings
-from igmu.generation.sources import PipelineSource
+from igmu.generation.sources import LIST_FIELDS, WEIGHT_FIELDS, PipelineSource
 from igmu.methods.card import read_method_card
 from igmu.registry import did_you_mean
 from igmu.tasks.model import Task
@@ -68,26 +69,45 @@ def known_methods(models: ModelsConfig) -> list[str]:
 
 def _from_card(
     name: str, model: str, field: str, negative: str | None, explicit_negative: bool
-) -> tuple[str, str, str | None]:
-    """Apply a method card: its negative prompt, and its base model when it has no weights."""
+) -> tuple[str, str, str | None, dict[str, Any]]:
+    """Apply a method card: its negative prompt and, for a folder without a pipeline, its base
+    model plus the weights of the method's published form (``models_entry``, relative to the
+    folder), as fields of `PipelineSource`."""
     folder = Path(model).expanduser()
     card = read_method_card(folder) if folder.is_dir() else None
     if card is None:
-        return model, field, negative
+        return model, field, negative, {}
     if not explicit_negative and card.get("negative_prompt") is not None:
         negative = str(card["negative_prompt"])
-    if not (folder / "model_index.json").is_file():
-        base = card.get("base") or {}
-        location, reference = base.get("location"), base.get("reference")
-        if location and Path(location).is_dir():
-            return str(location), f"{field} (base of {folder / METHOD_CARD})", negative
-        if reference:
-            return str(reference), f"{field} (base of {folder / METHOD_CARD})", negative
-        raise ConfigError(
-            f"{folder / METHOD_CARD}: method {name!r} has no pipeline folder and its card "
-            "names no base model"
-        )
-    return model, field, negative
+    if (folder / "model_index.json").is_file():
+        return model, field, negative, {}
+    weights = _form_weights(card.get("models_entry") or {}, folder)
+    base = card.get("base") or {}
+    location, reference = base.get("location"), base.get("reference")
+    where = f"{field} (base of {folder / METHOD_CARD})"
+    if location and Path(location).is_dir():
+        return str(location), where, negative, weights
+    if reference:
+        return str(reference), where, negative, weights
+    raise ConfigError(
+        f"{folder / METHOD_CARD}: method {name!r} has no pipeline folder and its card "
+        "names no base model"
+    )
+
+
+def _form_weights(entry: dict[str, Any], folder: Path) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key == "lora_scale":
+            fields[key] = float(value)
+        elif key in LIST_FIELDS:
+            fields[key] = tuple(str(folder / v) for v in value)
+        elif key in WEIGHT_FIELDS:
+            fields[key] = str(folder / value)
+        else:
+            raise ConfigError(f"{folder / METHOD_CARD}: field 'models_entry.{key}' is not a "
+                              "weights field")
+    return fields
 
 
 def resolve_method(
@@ -107,8 +127,9 @@ def resolve_method(
         source = PipelineSource.from_entry(entry, str(generator["model"]), field)
         negative = entry.get("negative_prompt")
         if not source.augmented and ("model" in entry or "base" in entry):
-            model, field, negative = _from_card(name, source.base, field, negative, explicit)
-            source = replace(source, base=model, field=field)
+            model, field, negative, weights = _from_card(
+                name, source.base, field, negative, explicit)
+            source = replace(source, base=model, field=field, **weights)
         return _spec(name, source, replace(settings, negative_prompt=negative))
     if name == NEGPROMPT:
         return _spec(name, PipelineSource(str(generator["model"])),

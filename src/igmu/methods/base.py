@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from igmu.errors import ConfigError
 from igmu.methods.card import CARD_NAME, build_card
+from igmu.methods.cost import CostMeter
 from igmu.methods.pipeline import base_info_only, load_pipeline
 from igmu.registry import Registry, did_you_mean
 from igmu.tasks import Task
@@ -73,19 +74,34 @@ class UnlearningMethod:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}  # method hyper-parameters and their defaults
+    defaults: ClassVar[dict[str, Any]] = {}  # method hyper-parameters: the paper's, for SD
+    # Settings measured for a world's models (the MiniWorld's 1.7M-parameter UNet is not SD),
+    # by world name; applied over `defaults` for a task of that world, before what is given.
+    world_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     changes_weights: ClassVar[bool] = True
     card_only_allowed: ClassVar[bool] = False  # may skip writing weights (settings card_only)
 
     def edit(self, pipeline: Any, task: Task, settings: dict[str, Any]) -> EditOutcome:
         raise NotImplementedError
 
-    def settings(self, given: dict[str, Any] | None) -> dict[str, Any]:
-        """Defaults overlaid with `given`; unknown keys and bad values raise ConfigError."""
+    def write_form(
+        self, pipeline: Any, folder: Path, outcome: EditOutcome
+    ) -> dict[str, Any] | None:
+        """Write the result in the form its authors publish (a LoRA file, a text encoder, an
+        adapter folder ...) into ``folder`` and return the models-file entry fields that load
+        it, paths relative to ``folder`` (e.g. ``{"lora": "spm.safetensors"}``); None (the
+        default) writes the whole edited pipeline folder instead."""
+        return None
+
+    def settings(self, given: dict[str, Any] | None, task: Task | None = None) -> dict[str, Any]:
+        """Defaults (with the task's world's defaults over them) overlaid with `given`; unknown
+        keys and bad values raise ConfigError."""
         known = {**COMMON_DEFAULTS, **self.defaults}
         if self.card_only_allowed:
             known["card_only"] = False
         merged = dict(known)
+        world = getattr(task, "world", None)
+        merged.update(self.world_defaults.get(world, {}) if world else {})
         for key, value in (given or {}).items():
             if key not in known:
                 raise ConfigError(
@@ -103,7 +119,7 @@ class UnlearningMethod:
     ) -> UnlearnResult:
         if out is None:
             raise ConfigError(f"Method {self.name}: an output folder (out) is required")
-        resolved = self.settings(settings)
+        resolved = self.settings(settings, task)
         from igmu.generation.pipelines import torch_dtype
 
         torch_dtype(resolved["dtype"])  # an unknown dtype fails before anything loads
@@ -115,23 +131,39 @@ class UnlearningMethod:
         out = Path(out).expanduser()
         _check_out(out, resolved["overwrite"])
         card_only = bool(resolved.get("card_only", False))
+        meter = CostMeter(str(resolved["device"]))
         if card_only:
             pipeline, info = None, base_info_only(base)
-            outcome = self.edit(None, task, resolved)
+            outcome = meter.measure(lambda: self.edit(None, task, resolved))
         else:
             pipeline, info = load_pipeline(base, progress=resolved["progress"])
             if info.location is not None and Path(info.location).resolve() == out.resolve():
                 raise ConfigError(f"--out {out} is the base model folder; choose another folder")
-            outcome = self.edit(pipeline, task, resolved)
+            meter.start(pipeline)
+            outcome = meter.measure(lambda: self.edit(pipeline, task, resolved))
+        changes = meter.changes(pipeline, outcome.edited_parameters)
         card = build_card(self, task, resolved, info, outcome)
-        write_output(out, pipeline, card, resolved["overwrite"])
+        write_output(out, pipeline, card, resolved["overwrite"], self, outcome,
+                     lambda folder: meter.card(changes, folder, _threads()))
         return UnlearnResult(self.name, out, json.loads((out / CARD_NAME).read_text("utf-8")))
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 METHODS: Registry[UnlearningMethod] = Registry("unlearning method")
 
 
 def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
+    known = {**COMMON_DEFAULTS, **cls.defaults}
+    for world, values in cls.world_defaults.items():
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"method {cls.name}: world_defaults[{world!r}] names unknown "
+                             f"settings {unknown}")
     METHODS.register(cls.name)(cls())
     return cls
 
@@ -255,8 +287,18 @@ def _check_out(out: Path, overwrite: bool) -> None:
         )
 
 
-def write_output(out: Path, pipeline: Any, card: dict[str, Any], overwrite: bool) -> None:
-    """Write into a sibling temporary folder, then move it into place (no half-written DIR)."""
+def write_output(
+    out: Path,
+    pipeline: Any,
+    card: dict[str, Any],
+    overwrite: bool,
+    method: UnlearningMethod | None = None,
+    outcome: EditOutcome | None = None,
+    cost: Any = None,
+) -> None:
+    """Write into a sibling temporary folder, then move it into place (no half-written DIR).
+    The method's published form when it has one (``write_form``), else the pipeline folder;
+    ``cost(folder)`` gives the card's ``cost`` once the weights are written."""
     from igmu.backbones.weights import weights_fingerprint
     from igmu.generation.pipelines import module_sha256
 
@@ -266,16 +308,24 @@ def write_output(out: Path, pipeline: Any, card: dict[str, Any], overwrite: bool
         shutil.rmtree(staging)
     staging.mkdir()
     try:
+        card["models_entry"] = None
         if pipeline is not None:
             pipeline.to("cpu")
-            pipeline.save_pretrained(str(staging), safe_serialization=True)
-            card["unet_weights_sha256"] = weights_fingerprint(staging / "unet")
+            entry = method.write_form(pipeline, staging, outcome) if method else None
+            if entry is None:
+                pipeline.save_pretrained(str(staging), safe_serialization=True)
+                card["unet_weights_sha256"] = weights_fingerprint(staging / "unet")
+            else:
+                card["models_entry"] = _checked_entry(entry, staging, method.name)
+                card["unet_weights_sha256"] = None
             card["unet_state_sha256"] = module_sha256(pipeline.unet)
-            card["pipeline_folder"] = True
+            card["pipeline_folder"] = entry is None
         else:
             card["unet_weights_sha256"] = None
             card["unet_state_sha256"] = None
             card["pipeline_folder"] = False
+        if cost is not None:
+            card["cost"] = cost(staging)
         (staging / CARD_NAME).write_text(
             json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
@@ -286,3 +336,24 @@ def write_output(out: Path, pipeline: Any, card: dict[str, Any], overwrite: bool
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _checked_entry(entry: dict[str, Any], folder: Path, method: str) -> dict[str, Any]:
+    """A published form's models-file fields: weight fields only, each a file or folder the
+    form wrote (relative to the output folder)."""
+    from igmu.generation.sources import LIST_FIELDS, WEIGHT_FIELDS
+
+    checked: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key not in (*WEIGHT_FIELDS, "lora_scale"):
+            raise ValueError(f"method {method}: write_form returned unknown field {key!r}")
+        if key == "lora_scale":
+            checked[key] = float(value)
+            continue
+        paths = [value] if isinstance(value, str) else list(value)
+        for path in paths:
+            if Path(path).is_absolute() or not (folder / path).exists():
+                raise ValueError(f"method {method}: write_form's {key} {path!r} is not a "
+                                 "file it wrote in the output folder")
+        checked[key] = paths if key in LIST_FIELDS else paths[0]
+    return checked
