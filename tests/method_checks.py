@@ -1,0 +1,90 @@
+"""Checks every unlearning method's tests share: load an output folder the way `igmu generate`
+does (through a models-file entry), and count how often the MiniWorld judges see the concept on
+a task's forget prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def load_method(folder: Path, task: Any, models: Any = None) -> Any:
+    """The pipeline ``igmu generate`` samples for a method whose models-file entry is ``folder``
+    (a pipeline folder, or a published form named by its method card)."""
+    from dataclasses import replace
+
+    from igmu.backbones.config import ModelsConfig, default_models_config
+    from igmu.generation.plan import SettingOverrides, base_settings, resolve_method
+    from igmu.generation.sources import load_source
+
+    models = models or default_models_config(task)
+    values = {**models.values, "methods": {"X": str(folder)}}
+    config = replace(models, values=values) if isinstance(models, ModelsConfig) else models
+    spec = resolve_method("X", task, config, base_settings(config, SettingOverrides()))
+    pipeline = load_source(spec.pipeline_source)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def sample(pipeline: Any, prompts: list[str], seeds: list[int], steps: int = 8,
+           guidance: float = 2.0, size: int = 32, negative_prompt: str | None = None
+           ) -> list[np.ndarray]:
+    """uint8 images, one CPU generator per image (an image depends on its seed alone)."""
+    import torch
+
+    from igmu.generation.base import to_uint8_images
+
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    out = pipeline(prompt=list(prompts), generator=generators, guidance_scale=guidance,
+                   num_inference_steps=steps, height=size, width=size, output_type="np",
+                   negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None)
+    return to_uint8_images(out.images)
+
+
+def forget_prompts(task: Any, count: int) -> list[str]:
+    """The first ``count`` forget prompts of a task, class by class in order."""
+    prompts = [p for _, texts in task.prompt_set("forget").classes for p in texts]
+    return prompts[:count]
+
+
+def residual_rate(pipeline: Any, task: Any, count: int = 16, steps: int = 8) -> float:
+    """Share of the task's first ``count`` forget prompts (seed 0) whose image the task's first
+    detector (a MiniWorld judge) flags."""
+    from igmu.backbones.config import default_models_config
+    from igmu.detectors.base import build_detector, load_all
+
+    load_all()
+    detector = build_detector(task.guidance["detectors"][0], default_models_config(task))
+    prompts = forget_prompts(task, count)
+    images = sample(pipeline, prompts, [0] * len(prompts), steps=steps)
+    flags = [detector.verdict(raw).flagged for raw in detector.analyse(images)]
+    return float(np.mean(flags))
+
+
+def training_rates(pipeline: Any, task: Any, count: int = 16, steps: int = 8
+                   ) -> dict[str, float]:
+    """What a method's MiniWorld defaults may be chosen by: only the task's *training* prompts
+    (``unlearning.erase`` and ``unlearning.preserve``), never an evaluated prompt set.
+
+    ``erase_residual``: share of the first ``count`` erase prompts whose image the task's
+    detector flags (lower is better); ``preserve_accuracy``: share of the first ``count``
+    preserve prompts drawn with every factor they name right, per the judges (higher is
+    better)."""
+    from igmu.backbones.config import default_models_config
+    from igmu.detectors.base import build_detector, load_all
+
+    load_all()
+    detector = build_detector(task.guidance["detectors"][0], default_models_config(task))
+    erase = [prompt for prompt, _ in task.unlearning.erase[:count]]
+    preserve = list(task.unlearning.preserve[:count])
+    images = sample(pipeline, erase + preserve, [0] * (len(erase) + len(preserve)), steps=steps)
+    raws = detector.analyse(images)
+    flags = [detector.verdict(raw).flagged for raw in raws[: len(erase)]]
+    right = []
+    for prompt, raw in zip(preserve, raws[len(erase):], strict=True):
+        asked = detector.prompt_labels(prompt)
+        drawn = detector.verdict(raw).details["drawn"]
+        right.append(all(drawn.get(h) == want for h, want in asked.items()))
+    return {"erase_residual": float(np.mean(flags)), "preserve_accuracy": float(np.mean(right))}
