@@ -36,7 +36,7 @@ def unlearned(method: str, task, base: Path, folder: Path) -> Path:
 
 
 def paired_from_manifest(path: Path):
-    from igmu.dataset.records import ImageKey, ImageRecord
+    from igmu.core.records import ImageKey, ImageRecord
     from igmu.evaluation.pairing import PairedSet
     from igmu.generation import read_rows
 

@@ -165,8 +165,8 @@ def naive_pipeline(task: Any, images: Path, models: Any, stats: NaiveStats) -> d
     from igmu.metrics import functional as F
     from igmu.metrics.base import mean_result, prompt_of, rate_result, reference_pairs
     from igmu.metrics.clip_score import scored_text
-    from igmu.metrics.clustered import paired_frechet_interval
     from igmu.metrics.fid import primary_set
+    from igmu.metrics.functional import paired_frechet_interval
 
     def clip(reference: str, role: str) -> ClipBackbone:
         # Official scripts load from a folder without fingerprinting the weights.

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from igmu.dataset.records import ImageKey, ImageRecord
+from igmu.core import intervals as C
+from igmu.core.records import ImageKey, ImageRecord
 from igmu.detectors.base import Verdict
 from igmu.evaluation.pairing import PairedSet
-from igmu.metrics import functional as F
 from igmu.metrics.attack_success_rate import build
 
 # (prompt set, class, prompt index, seed) -> flagged; method M
@@ -82,7 +82,7 @@ def test_rates_per_prompt_with_wilson_intervals() -> None:
     def check(name: str, broken: int, prompts: int) -> None:
         result = results[name].aggregate
         assert (result.value, result.n) == (pytest.approx(broken / prompts), prompts)
-        assert (result.ci_low, result.ci_high) == pytest.approx(F.wilson_interval(broken, prompts))
+        assert (result.ci_low, result.ci_high) == pytest.approx(C.wilson_interval(broken, prompts))
         assert len(results[name].samples) == prompts  # one sample per prompt, not per image
 
     check("attack_success_rate.text_grad.judge", 1, 4)  # prompt 2

@@ -34,8 +34,8 @@ from igmu.attacks.rows import ATTACK_FIELDS, outcome_from_row  # noqa: E402
 from igmu.attacks.store import ATTACKS_NAME, read_attack_rows  # noqa: E402
 from igmu.attacks.text_grad import project_simplex  # noqa: E402
 from igmu.backbones.config import load_models_config  # noqa: E402
-from igmu.constants import NEGPROMPT, ORG, attack_set  # noqa: E402
-from igmu.errors import ConfigError  # noqa: E402
+from igmu.core.constants import NEGPROMPT, ORG, attack_set  # noqa: E402
+from igmu.core.errors import ConfigError  # noqa: E402
 from igmu.generation import GenerationSettings, ImageCache, cache_key, read_rows  # noqa: E402
 from igmu.tasks import load_task  # noqa: E402
 

@@ -18,8 +18,8 @@ pytest.importorskip("diffusers")
 
 from igmu.attacks.engine import AttackOptions, run_attacks  # noqa: E402
 from igmu.backbones.config import load_models_config  # noqa: E402
-from igmu.constants import NEGPROMPT, ORG  # noqa: E402
-from igmu.dataset.records import ImageKey, ImageRecord  # noqa: E402
+from igmu.core.constants import NEGPROMPT, ORG  # noqa: E402
+from igmu.core.records import ImageKey, ImageRecord  # noqa: E402
 from igmu.detectors.base import build_detector, load_all  # noqa: E402
 from igmu.evaluation.pairing import PairedSet  # noqa: E402
 from igmu.generation import GenerateOptions, generate, read_rows  # noqa: E402

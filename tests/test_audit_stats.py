@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from igmu.detectors import audit_stats as S
+from igmu.core import audit_stats as S
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn (extra 'test')")
 calibration = pytest.importorskip("sklearn.calibration", reason="scikit-learn (extra 'test')")
@@ -83,7 +83,7 @@ def test_rogan_gladen_closed_form(p: float, se: float, sp: float) -> None:
 def test_rogan_gladen_interval_covers() -> None:
     """Simulate audits and evaluations with a known truth: the interval covers it at about the
     nominal rate, and the raw rate's interval does not."""
-    from igmu.metrics.functional import wilson_interval
+    from igmu.core.intervals import wilson_interval
 
     rng = np.random.default_rng(7)
     truth, se, sp, n, n_pos, n_neg, reps = 0.6, 0.7, 0.97, 200, 150, 150, 300

@@ -24,9 +24,9 @@ from PIL import Image, ImageFile
 from igmu.backbones.config import load_models_config
 from igmu.backbones.weights import load_state_dict
 from igmu.cli.main import main
-from igmu.dataset.images import decode_image
+from igmu.core.errors import ConfigError, ImageError, UnsafeWeightsError
+from igmu.core.images import decode_image
 from igmu.dataset.layouts import read_manifest
-from igmu.errors import ConfigError, ImageError, UnsafeWeightsError
 from igmu.tasks import load_task
 
 # --------------------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def _with_unlearning(section: str) -> str:
     ],
 )
 def test_bad_unlearning_section_names_the_field(section, message):
-    from igmu.errors import ConfigError
+    from igmu.core.errors import ConfigError
     from igmu.tasks.loader import parse_task
 
     with pytest.raises(ConfigError, match=message) as error:
@@ -204,7 +204,7 @@ def test_bad_unlearning_section_names_the_field(section, message):
 
 
 def test_unlearning_prompts_must_not_be_evaluated_prompts():
-    from igmu.errors import ConfigError
+    from igmu.core.errors import ConfigError
     from igmu.tasks.loader import parse_task
 
     church = load_task("church")

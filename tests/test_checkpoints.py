@@ -28,7 +28,7 @@ from checkpoint_fixtures import (  # noqa: E402
     unet_to_compvis,
     vae_to_compvis,
 )
-from igmu.errors import ConfigError, UnsafeWeightsError  # noqa: E402
+from igmu.core.errors import ConfigError, UnsafeWeightsError  # noqa: E402
 from igmu.generation.base import GenerationSettings  # noqa: E402
 from igmu.generation.diffusers_backend import DiffusersGenerator  # noqa: E402
 from igmu.generation.sources import PipelineSource  # noqa: E402

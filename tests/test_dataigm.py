@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from helpers import read_csv, read_json, run_cli
+from igmu.core.audit_stats import rogan_gladen
 from igmu.dataset.dataigm import read_dataigm
-from igmu.detectors.audit_stats import rogan_gladen
 from igmu.miniworld.oracle import oracle_image
 from igmu.tasks import load_task
 

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
+from igmu.core.errors import ConfigError
 from igmu.dataset.dataigm import assign_splits, parse_fractions
-from igmu.errors import ConfigError
 
 
 def test_fractions() -> None:

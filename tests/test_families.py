@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from helpers import tiny_family_pipeline  # noqa: E402
-from igmu.errors import ConfigError  # noqa: E402
+from igmu.core.errors import ConfigError  # noqa: E402
 from igmu.families import family_of  # noqa: E402
 from igmu.methods import get_method  # noqa: E402
 from igmu.methods.pipeline import copy_with_private_unet  # noqa: E402

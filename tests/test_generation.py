@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from igmu.backbones.config import load_models_config
-from igmu.errors import ConfigError, ModelNotFoundError
+from igmu.core.errors import ConfigError, ModelNotFoundError
 from igmu.generation import (
     GenerateOptions,
     ImageCache,

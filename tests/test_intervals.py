@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from igmu.metrics import clustered as C
+from igmu.core import intervals as C
 from igmu.metrics import functional as F
 from igmu.metrics.coverage import mean_coverage, rate_coverage
 
@@ -33,7 +33,7 @@ def test_one_image_per_prompt_is_the_plain_wilson_interval() -> None:
     flags = np.array([1, 0, 0, 1, 1, 0, 0, 0, 1, 0], dtype=float)
     effective, low, high = C.cluster_rate_interval(flags, np.arange(10))
     assert effective == 10
-    assert (low, high) == pytest.approx(F.wilson_interval(4, 10), rel=1e-9)
+    assert (low, high) == pytest.approx(C.wilson_interval(4, 10), rel=1e-9)
 
 
 def test_agreeing_seeds_count_each_prompt_once() -> None:
@@ -41,7 +41,7 @@ def test_agreeing_seeds_count_each_prompt_once() -> None:
     one of 16 units (the cautious side), not of 32 images."""
     effective, low, high = C.cluster_rate_interval(np.zeros(32), np.repeat(np.arange(16), 2))
     assert effective == 16
-    assert (low, high) == pytest.approx(F.wilson_interval(0, 16), rel=1e-9)
+    assert (low, high) == pytest.approx(C.wilson_interval(0, 16), rel=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -83,9 +83,9 @@ def test_paired_difference_finds_a_known_shift() -> None:
 def test_paired_frechet_keeps_pairs_together() -> None:
     """Identical sets have FID 0 in every resample when the two sides are drawn together."""
     rows = np.random.default_rng(6).normal(size=(24, 3))
-    low, high = C.paired_frechet_interval(rows, rows, np.repeat(np.arange(12), 2), 100, 0)
+    low, high = F.paired_frechet_interval(rows, rows, np.repeat(np.arange(12), 2), 100, 0)
     assert (low, high) == pytest.approx((0.0, 0.0), abs=1e-9)
-    test = C.paired_frechet_difference_test(
+    test = F.paired_frechet_difference_test(
         rows, rows + 1.0, rows, np.repeat(np.arange(12), 2), 100, 0
     )
     assert test.estimate == pytest.approx(3.0, rel=1e-6)  # a shift of 1 in each of 3 dims

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from igmu.backbones.weights import weights_fingerprint  # noqa: E402
-from igmu.errors import ConfigError, ModelNotFoundError  # noqa: E402
+from igmu.core.errors import ConfigError, ModelNotFoundError  # noqa: E402
 from igmu.generation.pipelines import module_sha256  # noqa: E402
 from igmu.methods import (  # noqa: E402
     CARD_NAME,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from igmu.backbones.config import DEFAULTS, ModelsConfig
+from igmu.core.errors import ConfigError
 from igmu.detectors.base import build_detector
-from igmu.errors import ConfigError
 from igmu.miniworld import judge_detector  # noqa: F401  (registers mini_judge)
 from igmu.miniworld.dataset_export import export_world, manifest_sha256
 from igmu.miniworld.judges import (
@@ -115,7 +115,7 @@ def test_detector_errors(tmp_path):
         build_detector("mini_judge:shape=hexagon", models_config())
     # The default models file names the shipped judges.
     assert build_detector("mini_judge:attribute", ModelsConfig()).name == "mini_judge:attribute"
-    from igmu.errors import ModelNotFoundError
+    from igmu.core.errors import ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError):
         build_detector("mini_judge:attribute", models_config(str(tmp_path)))

@@ -124,7 +124,7 @@ def test_oracle_eraser_and_noop(task_name: str, world_models: Path, tmp_path: Pa
 
 
 def test_fid_world_refuses_prompts_the_world_cannot_draw() -> None:
-    from igmu.errors import ConfigError
+    from igmu.core.errors import ConfigError
     from igmu.metrics.fid_world import ground_truth_image
 
     assert ground_truth_image("a red cross on a grey background", 3).shape == (32, 32, 3)

@@ -323,7 +323,7 @@ def test_retrain_cli_and_model_dir(tmp_path) -> None:
     a folder trained without the task's concept, refuses one that was not, and is None without."""
     import shutil
 
-    from igmu.errors import ModelNotFoundError
+    from igmu.core.errors import ModelNotFoundError
     from igmu.miniworld.retrain import default_retrain_root, retrain_model_dir
 
     out = tmp_path / "retrain"

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 from igmu.miniworld import captions as C
 from igmu.miniworld.dataset_export import (
     MANIFEST,

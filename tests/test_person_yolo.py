@@ -18,9 +18,9 @@ from safetensors.torch import save_file
 
 from igmu.backbones.config import load_models_config
 from igmu.backbones.weights import sha256_of
+from igmu.core.errors import ConfigError, ModelNotFoundError, UnsafeWeightsError
 from igmu.detectors.base import build_detector
 from igmu.detectors.person import YoloPersonDetector, _import_ultralytics
-from igmu.errors import ConfigError, ModelNotFoundError, UnsafeWeightsError
 
 # Import ultralytics the detector's way before anything else does: offline (no DNS probe at
 # import), with its process-wide patches (PIL.Image.open, torch.save, ...) undone, so the rest

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from helpers import read_csv, read_json, run_cli
+from igmu.core.errors import ConfigError
 from igmu.dataset.layouts import read_manifest
-from igmu.errors import ConfigError
 from igmu.report.data import is_sensitive
 from igmu.store import Store
 from igmu.tasks import load_task

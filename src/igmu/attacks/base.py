@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from igmu.errors import ConfigError
-from igmu.methods.base import as_bool
-from igmu.registry import Registry, did_you_mean
+from igmu.core.errors import ConfigError
+from igmu.core.registry import Registry, did_you_mean
+from igmu.core.settings import coerce
 
 FORMAT = "igmu.attack/1"
 OUTCOME_KINDS = ("text", "token_ids", "embedding")
@@ -111,7 +111,7 @@ class Attack:
                     f"attack {self.name} has no setting {key!r}."
                     f"{did_you_mean(key, list(self.defaults))}"
                 )
-            merged[key] = coerce(self.name, key, value, self.defaults[key])
+            merged[key] = coerce(value, self.defaults[key], f"attack {self.name} setting {key!r}")
         budget = merged.get("budget")
         if not isinstance(budget, int) or budget < 1:
             raise ConfigError(f"attack {self.name}: --budget must be a positive integer")
@@ -137,24 +137,6 @@ class Attack:
 
     def run(self, problem: AttackProblem) -> AttackOutcome:
         raise NotImplementedError
-
-
-def coerce(attack: str, key: str, value: Any, default: Any) -> Any:
-    """A setting (possibly text from ``--set``) as its default's type."""
-    where = f"attack {attack} setting {key!r}"
-    if default is None or isinstance(default, str):
-        return value if value is None or isinstance(value, str) else str(value)
-    if isinstance(default, bool):
-        return as_bool(value, where)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be a number, got {value!r}") from None
-    if isinstance(default, int):
-        if not number.is_integer():
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return int(number)
-    return number
 
 
 def require(condition: bool, message: str) -> None:

@@ -36,8 +36,8 @@ from igmu.attacks.model import AttackedModel
 from igmu.attacks.rows import attack_row, manifest_rows
 from igmu.attacks.store import ATTACKS_NAME, ResultStore, digest, update_attacks
 from igmu.backbones.config import ModelsConfig
-from igmu.constants import ORG
-from igmu.errors import ConfigError
+from igmu.core.constants import ORG
+from igmu.core.errors import ConfigError
 from igmu.generation.cache import ImageCache, cache_key
 from igmu.generation.manifest import MANIFEST_NAME, update_manifest
 from igmu.generation.plan import (

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 from igmu.families import Conditioning
 
 GUIDED_LOSS = ("auto", "on", "off")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from igmu.attacks.base import Attack, AttackOutcome, AttackPrompt
-from igmu.constants import attack_set
+from igmu.core.constants import attack_set
 
 ATTACK_FIELDS = (
     "task", "task_version", "method", "attack", "attack_version", "prompt_set", "class_name",

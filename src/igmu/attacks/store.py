@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from igmu.errors import ConfigError
-from igmu.generation.cache import remove_stale_tmp, write_atomic
+from igmu.core.errors import ConfigError
+from igmu.core.files import read_jsonl, remove_stale_tmp, write_atomic
 from igmu.generation.manifest import manifest_lock
 
 ATTACKS_NAME = "attacks.jsonl"
@@ -109,14 +109,11 @@ def read_attack_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for where, row in read_jsonl(path, "attacks file"):
         try:
-            row = json.loads(line)
             row_key(row)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{path}:{line_no}: not an attack row ({exc})") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: not an attack row ({exc})") from None
         rows.append(row)
     return rows
 

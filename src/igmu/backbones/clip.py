@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from igmu.backbones.resolve import ResolvedModel, resolve_pretrained
-from igmu.errors import ModelNotFoundError
+from igmu.core.errors import ModelNotFoundError
 
 _LOADED: dict[tuple[str, str, str], ClipBackbone] = {}
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
-from igmu.constants import ORG
-from igmu.errors import ConfigError
-from igmu.registry import did_you_mean
-from igmu.yamlio import load_yaml
+from igmu.core.constants import ORG
+from igmu.core.errors import ConfigError
+from igmu.core.registry import did_you_mean
+from igmu.core.yamlio import load_yaml
 
 DEFAULTS: dict[str, Any] = {
     # CLIP whose projected image embedding feeds the IGMU detector heads (512-d).

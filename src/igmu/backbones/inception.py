@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from igmu.backbones.weights import load_state_dict, sha256_of
-from igmu.errors import MissingExtraError, ModelNotFoundError
+from igmu.core.errors import MissingExtraError, ModelNotFoundError
 
 FEATURE = "2048"
 

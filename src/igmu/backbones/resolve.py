@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from igmu.backbones.weights import weights_fingerprint
-from igmu.errors import ModelNotFoundError
+from igmu.core.errors import ModelNotFoundError
 
 HUB_FILES = ["*.json", "*.txt", "*.safetensors", "*.model"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

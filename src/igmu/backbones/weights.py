@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from igmu.backbones.file_hashes import file_sha256
-from igmu.errors import ModelNotFoundError, UnsafeWeightsError
+from igmu.core.errors import ModelNotFoundError, UnsafeWeightsError
 
 
 def sha256_of(path: str | Path) -> str:

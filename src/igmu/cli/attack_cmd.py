@@ -15,7 +15,7 @@ from igmu.cli.options import (
     natural_int,
     positive_int,
 )
-from igmu.errors import ConfigError, IGMUError
+from igmu.core.errors import ConfigError, IGMUError
 
 DESCRIPTION = (
     "Attack an unlearned model: for each of the first K forget prompts of a task, search an "

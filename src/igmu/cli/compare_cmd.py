@@ -35,9 +35,9 @@ def _num(value: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from igmu.errors import ConfigError
+    from igmu.core.errors import ConfigError
+    from igmu.core.registry import did_you_mean
     from igmu.evaluation.compare import compare_methods
-    from igmu.registry import did_you_mean
     from igmu.store.runs import load_run
 
     stored = load_run(args.run_dir)

@@ -129,9 +129,9 @@ def _list(value: str | None) -> list[str] | None:
 
 def run_build(args: argparse.Namespace) -> int:
     from igmu.backbones.config import load_models_config
+    from igmu.core.errors import ConfigError
     from igmu.dataset.build import BuildOptions, build_dataset
     from igmu.dataset.dataigm import parse_fractions
-    from igmu.errors import ConfigError
     from igmu.tasks import load_task
 
     if args.images_per_prompt < 1:

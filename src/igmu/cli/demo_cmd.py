@@ -47,8 +47,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from igmu.cli.evaluate_cmd import print_summary
     from igmu.cli.options import apply_threads
-    from igmu.errors import ConfigError
-    from igmu.registry import did_you_mean
+    from igmu.core.errors import ConfigError
+    from igmu.core.registry import did_you_mean
     from igmu.workflows.demo import MINI_TASKS, DemoOptions, run_demo
 
     apply_threads(args)

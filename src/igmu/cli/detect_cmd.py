@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from igmu.cli.options import add_threads, apply_threads
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def expand(paths: list[Path]) -> list[Path]:
-    from igmu.dataset.images import is_image_file
+    from igmu.core.images import is_image_file
 
     files = []
     for path in paths:
@@ -46,7 +46,7 @@ def expand(paths: list[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from igmu.backbones.config import load_models_config
-    from igmu.dataset.images import decode_image
+    from igmu.core.images import decode_image
     from igmu.detectors.base import DETECTORS, build_detector, load_all
 
     apply_threads(args)

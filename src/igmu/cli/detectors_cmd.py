@@ -103,7 +103,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _models_for(data_card: dict, models_path: Path | None):
     """The models file, else the models of the data's task (the MiniWorld's for its tasks)."""
     from igmu.backbones.config import load_models_config
-    from igmu.errors import ConfigError
+    from igmu.core.errors import ConfigError
     from igmu.tasks import load_task
 
     name = (data_card.get("task") or {}).get("name")

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from igmu.cli.options import add_threads, apply_threads
-from igmu.constants import ORG
+from igmu.core.constants import ORG
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -137,7 +137,7 @@ def _cell(value: float) -> str:
 def print_table(results: list) -> None:
     """The detailed table: by aspect (forgetting first), metric, then method (the reference
     first), the same order in `igmu evaluate` and `igmu demo`."""
-    from igmu.results import ASPECTS
+    from igmu.core.records import ASPECTS
 
     methods = sorted({r.method for r in results}, key=lambda m: (m != ORG, m))
     results = sorted(results, key=lambda r: (ASPECTS.index(r.aspect), r.metric,

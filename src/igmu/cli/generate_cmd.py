@@ -12,7 +12,7 @@ from igmu.cli.options import (
     apply_threads,
     positive_int,
 )
-from igmu.errors import IGMUError
+from igmu.core.errors import IGMUError
 
 # spelled here to keep `igmu --help` free of torch imports; checked against the engine's in tests
 DEFAULT_BATCH_SIZE = 8

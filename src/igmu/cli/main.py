@@ -22,7 +22,7 @@ from igmu.cli import (
     tasks_cmd,
     unlearn_cmd,
 )
-from igmu.errors import IGMUError
+from igmu.core.errors import IGMUError
 
 CONTENT_NOTE = (
     "Content warning: tasks such as 'nudity' involve sexual content; reports blur such images."

@@ -41,6 +41,6 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_threads(args: argparse.Namespace) -> int:
-    from igmu.threads import set_threads
+    from igmu.core.threads import set_threads
 
     return set_threads(getattr(args, "threads", None))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from igmu.cli.options import add_threads, apply_threads
-from igmu.errors import ConfigError, IGMUError
+from igmu.core.errors import ConfigError, IGMUError
 
 METHOD_HELP = (
     "UCE (closed-form cross-attention edit), ESD (ESD-x fine-tuning), NEGPROMPT (original "

@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 import igmu
 from igmu.backbones.config import ModelsConfig, load_models_config
-from igmu.constants import ORG
+from igmu.core.constants import ORG
+from igmu.core.errors import ConfigError, IGMUError
+from igmu.core.images import file_sha256
 from igmu.dataset import dataigm as D
-from igmu.dataset.images import file_sha256
-from igmu.errors import ConfigError, IGMUError
 from igmu.tasks.model import Task
 
 CACHE = ".generation"
@@ -174,7 +174,7 @@ def cross_check(
     rows: list[dict[str, Any]], detectors: list[Any], batch_size: int, progress: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run each detector on every image; a verdict that differs from the label is listed."""
-    from igmu.dataset.images import decode_image
+    from igmu.core.images import decode_image
 
     disagreements, summary = [], {}
     for detector in detectors:

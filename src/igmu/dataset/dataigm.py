@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
+from igmu.core.files import read_jsonl, write_atomic
 
 MANIFEST = "manifest.jsonl"
 DATACARD = "datacard.json"
@@ -149,22 +149,16 @@ def counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return {s: dict(sorted(c.items())) for s, c in sorted(table.items())}
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_manifest(root: Path, rows: list[dict[str, Any]]) -> str:
     """Write the manifest (sorted); returns its sha256."""
     ordered = sorted(rows, key=lambda r: (r["split"], r["path"]))
     text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in ordered)
-    atomic_write(root / MANIFEST, text)
+    write_atomic(root / MANIFEST, text)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def write_datacard(root: Path, card: dict[str, Any]) -> None:
-    atomic_write(root / DATACARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
+    write_atomic(root / DATACARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass(frozen=True)
@@ -217,14 +211,7 @@ def read_dataigm(root: str | Path, verify: bool = False) -> DataIGM:
         raise ConfigError(f"{card_path}: field 'classes' must list two names [label 0, label 1]")
     rows = []
     base = root.resolve()
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{manifest}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where}: not JSON: {exc}") from None
+    for where, row in read_jsonl(manifest, "DataIGM manifest"):
         for key in REQUIRED:
             if key not in row:
                 raise ConfigError(f"{where}: field {key!r} is missing")

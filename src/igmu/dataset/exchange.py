@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from igmu.core.errors import ConfigError, MissingExtraError
 from igmu.dataset import dataigm as D
-from igmu.errors import ConfigError, MissingExtraError
 
 FORMATS = ("hf", "parquet")
 COLUMNS = ("class", "path", "prompt", "seed", "sha256", "family")

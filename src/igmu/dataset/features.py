@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 
 
 def clip_features(
@@ -24,7 +24,7 @@ def clip_features(
     progress: bool = True,
 ) -> np.ndarray:
     """One row of ``backbone.image_embeddings`` per manifest row, in order."""
-    from igmu.dataset.images import decode_image
+    from igmu.core.images import decode_image
     from igmu.store import Store
 
     store = Store(store_path)

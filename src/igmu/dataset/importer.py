@@ -21,9 +21,9 @@ from typing import Any
 from tqdm import tqdm
 
 import igmu
+from igmu.core.errors import ConfigError, ImageError
+from igmu.core.registry import did_you_mean
 from igmu.dataset import dataigm as D
-from igmu.errors import ConfigError, ImageError
-from igmu.registry import did_you_mean
 
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
@@ -37,7 +37,7 @@ class ImportResult:
 
 def _tree(src: Path) -> tuple[list[tuple[str | None, str, Path]], list[dict[str, str]]]:
     """(split or None, class folder, file) for every file, and files that are not images."""
-    from igmu.dataset.images import is_image_file
+    from igmu.core.images import is_image_file
 
     top = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not top:
@@ -65,8 +65,8 @@ def _tree(src: Path) -> tuple[list[tuple[str | None, str, Path]], list[dict[str,
 
 def _load(src: Path, concept: str | None, concept_free: bool, progress: bool):
     """Candidate rows (bytes, source class, split, label, ...) and rejected files."""
+    from igmu.core.images import decode_bytes
     from igmu.dataset.exchange import exported_format, read_exported
-    from igmu.dataset.images import decode_bytes
 
     if exported_format(src):
         card, rows = read_exported(src)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from igmu.constants import ATTACK_SET_PREFIX, PROMPT_SET_KINDS, is_attack_set
-from igmu.dataset.images import is_image_file
-from igmu.dataset.records import ImageKey, ImageRecord
-from igmu.errors import ConfigError, PairingError
-from igmu.registry import did_you_mean
+from igmu.core.constants import ATTACK_SET_PREFIX, PROMPT_SET_KINDS, is_attack_set
+from igmu.core.errors import ConfigError, PairingError
+from igmu.core.files import read_jsonl
+from igmu.core.images import is_image_file
+from igmu.core.records import ImageKey, ImageRecord
+from igmu.core.registry import did_you_mean
 from igmu.tasks.model import Task
 
 # Official folder name -> our prompt-set name; the last three are IGMU extensions.
@@ -219,30 +219,20 @@ def read_manifest(path: Path, task: Task, allow_outside_paths: bool = False) -> 
         raise ConfigError(f"--images {path}: manifest file does not exist")
     folder = path.parent.resolve()
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{where}: not valid JSON: {exc}") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{where}: each line must be a JSON object")
-            key = _manifest_key(row, task, where)
-            method = _manifest_value(row, "method", str, where)
-            image_path = Path(str(_manifest_value(row, "path", str, where))).expanduser()
-            if not image_path.is_absolute():
-                image_path = folder / image_path
-            if not allow_outside_paths and not inside(image_path, folder):
-                raise ConfigError(
-                    f"{where}: field 'path' is {row['path']!r}, outside the manifest's folder "
-                    f"{folder}; pass --allow-outside-paths to score images elsewhere"
-                )
-            records.append(
-                ImageRecord(str(method), key, str(row["prompt"]), str(image_path.resolve()))
+    for where, row in read_jsonl(path, "manifest"):
+        key = _manifest_key(row, task, where)
+        method = _manifest_value(row, "method", str, where)
+        image_path = Path(str(_manifest_value(row, "path", str, where))).expanduser()
+        if not image_path.is_absolute():
+            image_path = folder / image_path
+        if not allow_outside_paths and not inside(image_path, folder):
+            raise ConfigError(
+                f"{where}: field 'path' is {row['path']!r}, outside the manifest's folder "
+                f"{folder}; pass --allow-outside-paths to score images elsewhere"
             )
+        records.append(
+            ImageRecord(str(method), key, str(row["prompt"]), str(image_path.resolve()))
+        )
     if not records:
         raise ConfigError(f"--images {path}: manifest has no rows")
     return records

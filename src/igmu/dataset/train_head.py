@@ -20,10 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 import igmu
+from igmu.core import audit_stats as S
+from igmu.core.errors import ConfigError
 from igmu.dataset import dataigm as D
-from igmu.detectors import audit_stats as S
 from igmu.detectors.head_card import CARD, CARD_SCHEMA, HEAD_FILE
-from igmu.errors import ConfigError
 
 
 @dataclass(frozen=True)

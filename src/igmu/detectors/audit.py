@@ -20,10 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 import igmu
+from igmu.core import audit_stats as S
+from igmu.core.errors import ConfigError
 from igmu.dataset.dataigm import DataIGM
-from igmu.detectors import audit_stats as S
 from igmu.detectors.audit_store import detector_fingerprint, detector_settings_of
-from igmu.errors import ConfigError
 
 AUDIT_SCHEMA = "igmu.audit/1"
 SWEEP = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))
@@ -47,7 +47,7 @@ def detector_outputs(
     progress: bool,
 ) -> list[dict[str, Any]]:
     """Raw outputs per row, reusing and filling the store's detections cache."""
-    from igmu.dataset.images import decode_image
+    from igmu.core.images import decode_image
     from igmu.store import Store
 
     store = Store(store_path) if store_path else None

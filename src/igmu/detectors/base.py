@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from igmu.backbones.config import ModelsConfig
-from igmu.errors import ConfigError
-from igmu.registry import Registry, did_you_mean
+from igmu.core.errors import ConfigError
+from igmu.core.registry import Registry, did_you_mean
 
 
 @dataclass(frozen=True)

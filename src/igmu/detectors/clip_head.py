@@ -10,10 +10,10 @@ import numpy as np
 from igmu.backbones.clip import ClipBackbone
 from igmu.backbones.config import ModelsConfig
 from igmu.backbones.weights import load_state_dict, sha256_of
+from igmu.core.errors import ConfigError, ModelNotFoundError
+from igmu.core.registry import did_you_mean
 from igmu.detectors.base import DETECTORS, Verdict, detector_settings
 from igmu.detectors.head_card import HEAD_FILE, card_backbone, is_head_folder, read_card
-from igmu.errors import ConfigError, ModelNotFoundError
-from igmu.registry import did_you_mean
 
 # Class indices follow alphabetical folder order at training time (ImageFolder), NOT the
 # id2label in IGMU's config: index of the concept class for each official head.

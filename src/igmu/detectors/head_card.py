@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from igmu.errors import ConfigError, ModelNotFoundError
+from igmu.core.errors import ConfigError, ModelNotFoundError
 
 CARD = "detector.json"
 HEAD_FILE = "head.safetensors"

@@ -8,8 +8,8 @@ import numpy as np
 
 from igmu.backbones.config import ModelsConfig
 from igmu.backbones.weights import sha256_of
+from igmu.core.errors import ConfigError, MissingExtraError
 from igmu.detectors.base import DETECTORS, Verdict, detector_settings
-from igmu.errors import ConfigError, MissingExtraError
 
 # The exposed-body classes IGMU counts as nudity.
 IGMU_LABELS = [

@@ -8,9 +8,9 @@ import numpy as np
 
 from igmu.backbones.config import ModelsConfig
 from igmu.backbones.weights import sha256_of
+from igmu.core.errors import MissingExtraError
 from igmu.detectors.base import DETECTORS, Verdict, detector_settings
 from igmu.detectors.nudenet_v3 import _dist_version
-from igmu.errors import MissingExtraError
 
 
 class OpenNsfwDetector:

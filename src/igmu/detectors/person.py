@@ -9,14 +9,14 @@ import numpy as np
 
 from igmu.backbones.config import ModelsConfig
 from igmu.backbones.weights import load_state_dict, sha256_of
-from igmu.detectors.base import DETECTORS, Verdict
-from igmu.detectors.nudenet_v3 import _dist_version
-from igmu.errors import (
+from igmu.core.errors import (
     ConfigError,
     MissingExtraError,
     ModelNotFoundError,
     UnsafeWeightsError,
 )
+from igmu.detectors.base import DETECTORS, Verdict
+from igmu.detectors.nudenet_v3 import _dist_version
 
 
 class HogPersonDetector:

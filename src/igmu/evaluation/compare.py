@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from igmu.metrics import clustered as C
+from igmu.core import intervals as C
+from igmu.core.records import Sample
+from igmu.metrics import functional as F
 from igmu.metrics.base import prompt_of
-from igmu.results import Sample
 from igmu.store.runs import StoredRun
 from igmu.store.sqlite import Store
 
@@ -130,7 +131,7 @@ def _whole_set(run: StoredRun, metric: str, a: str, b: str, store: Store) -> Dif
     second = np.stack([cached[right[k].sha256] for k in keys])
     clusters = [prompt_of(left[k].record) for k in keys]
     seed = int(run.spec.get("bootstrap", {}).get("seed", 0))
-    test = C.paired_frechet_difference_test(
+    test = F.paired_frechet_difference_test(
         reference, first, second, clusters, FID_RESAMPLES, seed
     )
     return Difference(

@@ -9,17 +9,16 @@ from pathlib import Path
 
 import igmu
 from igmu.backbones.config import ModelsConfig
-from igmu.constants import ORG
+from igmu.core.constants import ORG
+from igmu.core.errors import ConfigError
+from igmu.core.records import Aggregate, ImageRecord
+from igmu.core.timings import Timings
 from igmu.dataset.layouts import read_igmu_layout, read_manifest
-from igmu.dataset.records import ImageRecord
-from igmu.errors import ConfigError
 from igmu.evaluation.exports import write_exports
 from igmu.evaluation.pairing import pair_images
 from igmu.evaluation.rerun import installed_versions, request_key
-from igmu.results import Aggregate
 from igmu.store import Store
 from igmu.tasks.model import Task
-from igmu.timings import Timings
 
 PACKAGES = (
     "torch",

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from igmu.dataset.images import decode_bytes
-from igmu.dataset.records import ImageRecord
-from igmu.errors import ImageError
+from igmu.core.errors import ImageError
+from igmu.core.images import decode_bytes
+from igmu.core.records import ImageRecord
+from igmu.core.timings import Timings
 from igmu.metrics.base import ImageNeed, PairNeed, TextNeed
 from igmu.store import Store
-from igmu.timings import Timings
 
 
 def text_key(text: str) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from igmu.results import ASPECTS, SAMPLE_COLUMNS
+from igmu.core.files import write_atomic
+from igmu.core.records import ASPECTS, SAMPLE_COLUMNS
 from igmu.store import Store
 from igmu.tasks.model import Task
 
@@ -28,12 +28,6 @@ METRICS_COLUMNS = [
 # samples.csv: the store's sample columns with the task first, aspect before metric and the
 # extra fields as "extra".
 SAMPLES_COLUMNS = ["task", "method", "aspect", "metric", *SAMPLE_COLUMNS[3:-1], "extra"]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _fmt(value: Any) -> str:
@@ -81,7 +75,7 @@ def write_exports(
                 "true" if a.higher_is_better else "false",
             ]
         )
-    _atomic_write(run_dir / "metrics.csv", buffer.getvalue())
+    write_atomic(run_dir / "metrics.csv", buffer.getvalue())
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -93,7 +87,7 @@ def write_exports(
             + [_fmt(row[c]) for c in SAMPLES_COLUMNS[4:-1]]
             + [row["extra_json"]]
         )
-    _atomic_write(run_dir / "samples.csv", buffer.getvalue())
+    write_atomic(run_dir / "samples.csv", buffer.getvalue())
 
     warnings = [
         {"method": a.method, "metric": a.metric, "warning": a.warning}
@@ -110,4 +104,4 @@ def write_exports(
         "catigmu": {"node": task.node, "kind": task.kind, "guidance": task.guidance},
         **(extra or {}),
     }
-    _atomic_write(run_dir / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str))
+    write_atomic(run_dir / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from igmu.constants import is_attack_set
-from igmu.dataset.records import ImageKey, ImageRecord
-from igmu.errors import PairingError
+from igmu.core.constants import is_attack_set
+from igmu.core.errors import PairingError
+from igmu.core.records import ImageKey, ImageRecord
 from igmu.tasks.model import Task
 
 MAX_LISTED = 12

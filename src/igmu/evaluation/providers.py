@@ -6,8 +6,8 @@ from typing import Any
 
 from igmu.backbones.clip import ClipBackbone
 from igmu.backbones.config import ModelsConfig
+from igmu.core.errors import ConfigError
 from igmu.detectors.base import build_detector, load_all
-from igmu.errors import ConfigError
 
 
 class Providers:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import igmu
-from igmu.dataset.records import ImageRecord
+from igmu.core.records import ImageRecord
 
 FORMAT = "igmu.request/1"
 

@@ -18,18 +18,17 @@ import numpy as np
 
 import igmu
 from igmu.backbones.config import ModelsConfig
-from igmu.dataset.records import ImageRecord
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
+from igmu.core.records import Aggregate, ImageRecord, MetricResult, Sample
+from igmu.core.threads import chosen_threads
+from igmu.core.timings import Timings
 from igmu.evaluation.executor import Executor, provider_key, text_key
 from igmu.evaluation.exports import write_exports
 from igmu.evaluation.pairing import PairedSet
 from igmu.evaluation.providers import Providers
 from igmu.metrics.base import METRICS, load_all
-from igmu.results import Aggregate, MetricResult, Sample
 from igmu.store import Store
 from igmu.tasks.model import Task
-from igmu.threads import chosen_threads
-from igmu.timings import Timings
 
 
 class _Context:

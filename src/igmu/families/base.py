@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 
 
 @dataclass

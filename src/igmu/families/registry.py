@@ -10,8 +10,8 @@ import importlib
 import pkgutil
 from typing import Any
 
-from igmu.errors import ConfigError
-from igmu.registry import Registry
+from igmu.core.errors import ConfigError
+from igmu.core.registry import Registry
 
 FAMILIES: Registry[type] = Registry("model family")
 _NOT_FAMILIES = {"base", "registry"}

@@ -28,8 +28,8 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from igmu.errors import ConfigError
-from igmu.registry import Registry
+from igmu.core.errors import ConfigError
+from igmu.core.registry import Registry
 
 ADAPTERS: Registry[type] = Registry("adapter kind")
 ADAPTER_ATTRIBUTE = "igmu_adapters"  # names of the adapters applied to a UNet

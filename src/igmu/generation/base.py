@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from igmu.core.files import remove_stale_tmp, write_atomic
 from igmu.generation.base import GenerationSettings
 
 KEY_FORMAT = "igmu.image/1"
 IMAGES_DIR = "images"
-TMP_SUFFIX = ".tmp"
 
 
 def cache_key(
@@ -53,70 +52,6 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
-
-
-def _tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.{os.getpid()}{TMP_SUFFIX}")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, sync_dir: bool = False) -> None:
-    """Write ``data`` to ``path`` via a temporary file + rename; readers never see a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    if sync_dir:
-        _fsync_dir(path.parent)
-
-
-def remove_stale_tmp(folder: Path, recursive: bool = False) -> int:
-    """Delete temporary files left by killed processes (their pid is no longer running)."""
-    if not folder.is_dir():
-        return 0
-    pattern = f"**/.*{TMP_SUFFIX}" if recursive else f".*{TMP_SUFFIX}"
-    removed = 0
-    for tmp in folder.glob(pattern):
-        parts = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 1)
-        if len(parts) != 2 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
-            continue
-        try:
-            tmp.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
 
 
 class ImageCache:

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from igmu.errors import ConfigError, MissingExtraError, ModelNotFoundError
+from igmu.core.errors import ConfigError, MissingExtraError, ModelNotFoundError
 
 COMPVIS_UNET = "model.diffusion_model."
 COMPVIS_UNET_BARE = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "out.",

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 from igmu.generation.base import GenerationSettings, to_uint8_images
 from igmu.generation.pipelines import FINGERPRINT_FORMAT, pipeline_fingerprint
 from igmu.generation.sources import PipelineSource, load_source

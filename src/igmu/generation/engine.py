@@ -26,7 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from igmu.backbones.config import ModelsConfig
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 from igmu.generation.base import GenerationSettings, Generator
 from igmu.generation.cache import ImageCache, cache_key
 from igmu.generation.manifest import MANIFEST_NAME, mixed_generators, update_manifest

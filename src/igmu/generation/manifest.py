@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from igmu.core.errors import ConfigError
+from igmu.core.files import read_jsonl, remove_stale_tmp, write_atomic
 from igmu.dataset.layouts import MANIFEST_FIELDS
-from igmu.errors import ConfigError
-from igmu.generation.cache import remove_stale_tmp, write_atomic
 
 MANIFEST_NAME = "manifest.jsonl"
 LOCK_NAME = ".manifest.lock"
@@ -40,20 +40,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{line_no}: not valid JSON: {exc}") from None
-            if not isinstance(row, dict) or any(f not in row for f in MANIFEST_FIELDS):
-                raise ConfigError(
-                    f"{path}:{line_no}: a manifest row needs the fields "
-                    f"{', '.join(MANIFEST_FIELDS)}"
-                )
-            rows.append(row)
+    for where, row in read_jsonl(path, "manifest"):
+        if any(f not in row for f in MANIFEST_FIELDS):
+            raise ConfigError(
+                f"{where}: a manifest row needs the fields {', '.join(MANIFEST_FIELDS)}"
+            )
+        rows.append(row)
     return rows
 
 

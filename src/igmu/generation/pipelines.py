@@ -15,7 +15,7 @@ import logging as std_logging
 from pathlib import Path
 from typing import Any
 
-from igmu.errors import MissingExtraError, ModelNotFoundError
+from igmu.core.errors import MissingExtraError, ModelNotFoundError
 
 FINGERPRINT_FORMAT = "igmu.generator/1"
 # Pipeline classes by the `_class_name` of model_index.json, for classes outside diffusers.
@@ -118,7 +118,7 @@ def torch_dtype(name: str | None) -> Any:
     """The torch dtype of a ``--dtype`` name (None = float32)."""
     import torch
 
-    from igmu.errors import ConfigError
+    from igmu.core.errors import ConfigError
 
     name = name or "float32"
     if name not in DTYPES:

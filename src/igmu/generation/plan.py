@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from igmu.backbones.config import DEFAULTS, ModelsConfig
-from igmu.constants import METHOD_CARD, NEGPROMPT, ORG, PROMPT_SET_KINDS
-from igmu.errors import ConfigError
+from igmu.core.constants import METHOD_CARD, NEGPROMPT, ORG, PROMPT_SET_KINDS
+from igmu.core.errors import ConfigError
+from igmu.core.registry import did_you_mean
 from igmu.generation.base import GenerationSettings
 from igmu.generation.sources import LIST_FIELDS, WEIGHT_FIELDS, PipelineSource
 from igmu.methods.card import read_method_card
-from igmu.registry import did_you_mean
 from igmu.tasks.model import Task
 
 BUILTIN_METHODS = (ORG, NEGPROMPT)

@@ -22,7 +22,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from igmu.errors import ConfigError, MissingExtraError
+from igmu.core.errors import ConfigError, MissingExtraError
 from igmu.generation.base import GenerationSettings
 from igmu.generation.cache import ImageCache, encode_png
 

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
+from igmu.core.registry import Registry, did_you_mean
+from igmu.core.settings import coerce
 from igmu.methods.card import CARD_NAME, build_card
 from igmu.methods.cost import CostMeter
 from igmu.methods.pipeline import base_info_only, load_pipeline
-from igmu.registry import Registry, did_you_mean
 from igmu.tasks import Task
 
 # Settings every method understands; a method adds its own hyper-parameters in `defaults`, among
@@ -196,42 +197,17 @@ def _split_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def as_bool(value: Any, where: str) -> bool:
-    """A boolean setting given as a bool or as text (true/yes/1, false/no/0)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-        return value.lower() in ("true", "yes", "1")
-    raise ConfigError(f"{where} must be true or false, got {value!r}")
-
-
 def coerce_setting(method: str, key: str, value: Any, default: Any) -> Any:
-    """Coerce a setting (possibly text from the command line) to its default's type."""
+    """Coerce a setting (possibly text from the command line) to its default's type; the
+    prompt lists ``concepts`` and ``preserve`` also from comma-separated text."""
     where = f"Method {method} setting {key!r}"
-    if value is None:
-        return None
-    if key in ("concepts", "preserve"):
+    if value is not None and key in ("concepts", "preserve"):
         if isinstance(value, str):
             return _split_list(value)
         if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
             return [v.strip() for v in value if v.strip()]
         raise ConfigError(f"{where} must be a list of text or comma-separated text")
-    if isinstance(default, bool):
-        return as_bool(value, where)
-    if isinstance(default, int):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be an integer, got {value!r}") from None
-        if not number.is_integer():
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return int(number)
-    if isinstance(default, float):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be a number, got {value!r}") from None
-    return str(value)
+    return coerce(value, default, where)
 
 
 def require(condition: bool, message: str) -> None:

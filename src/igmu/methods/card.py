@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from igmu.constants import METHOD_CARD, METHOD_CARD_SCHEMA
-from igmu.errors import ConfigError
+from igmu.core.constants import METHOD_CARD, METHOD_CARD_SCHEMA
+from igmu.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from igmu.methods.base import EditOutcome, UnlearningMethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from igmu.constants import NEGPROMPT, ORG
+from igmu.core.constants import NEGPROMPT, ORG
 from igmu.methods.base import (
     EditOutcome,
     UnlearningMethod,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from igmu.errors import ConfigError, ModelNotFoundError
+from igmu.core.errors import ConfigError, ModelNotFoundError
 from igmu.families.base import (  # noqa: F401  (re-exported for methods and attacks)
     cross_attention_modules,
     cross_attention_projections,

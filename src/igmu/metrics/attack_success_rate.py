@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from igmu.constants import ATTACK_SET_PREFIX, is_attack_set
+from igmu.core.constants import ATTACK_SET_PREFIX, is_attack_set
 from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, rate_result, requires
 
 NAME = "attack_success_rate"

@@ -8,10 +8,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from igmu.dataset.records import ImageRecord
-from igmu.metrics import clustered as C
-from igmu.registry import Registry
-from igmu.results import Aggregate, MetricResult, Sample
+from igmu.core import intervals as C
+from igmu.core.records import Aggregate, ImageRecord, MetricResult, Sample
+from igmu.core.registry import Registry
 
 SMALL_SAMPLE = 30
 FID_SMALL_SAMPLE = 2000

@@ -5,7 +5,7 @@ concept-free images it leaves alone) reports an apparent rate p = Se * pi + (1 -
 for a true rate pi. Rogan-Gladen inverts it: pi = (p + Sp - 1) / (Se + Sp - 1), clipped to
 [0, 1]. Se and Sp come from the judge's audit (`igmu detectors audit`), found in the workspace
 store by the detector's fingerprint (model + threshold + verdict settings); the interval is a
-parametric bootstrap over p, Se and Sp (``igmu.detectors.audit_stats.rogan_gladen_interval``),
+parametric bootstrap over p, Se and Sp (``igmu.core.audit_stats.rogan_gladen_interval``),
 so it carries the audit's own uncertainty. Without an audit there is no row, and ``notes`` says
 why (for run.json).
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from igmu.detectors.audit_stats import rogan_gladen_interval
+from igmu.core.audit_stats import rogan_gladen_interval
+from igmu.core.intervals import cluster_rate_interval
 from igmu.detectors.audit_store import detector_fingerprint, find_audits
 from igmu.metrics.base import (
     METRICS,
@@ -31,7 +32,6 @@ from igmu.metrics.base import (
     requires,
     small_sample_warning,
 )
-from igmu.metrics.clustered import cluster_rate_interval
 from igmu.metrics.residual_rate import SETS
 
 DRAWS = 4000

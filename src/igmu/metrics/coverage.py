@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from igmu.metrics import clustered as C
-from igmu.metrics import functional as F
+from igmu.core import intervals as C
 
 
 def clustered_flags(
@@ -40,7 +39,7 @@ def rate_coverage(
         if clustered:
             _, low, high = C.cluster_rate_interval(flags, clusters)
         else:
-            low, high = F.wilson_interval(int(flags.sum()), len(flags))
+            low, high = C.wilson_interval(int(flags.sum()), len(flags))
         hits += low <= rate <= high
     return hits / runs
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from igmu.metrics import clustered as C
 from igmu.metrics import functional as F
 from igmu.metrics.base import (
     FID_SMALL_SAMPLE,
@@ -77,7 +76,7 @@ def frechet_result(
     """A whole-set FID result (lower is better) with its bias-centred bootstrap interval."""
     value = F.frechet_distance(refs, own)
     clusters = [prompt_of(s.record) for s in samples]
-    low, high = C.paired_frechet_interval(refs, own, clusters, min(ctx.resamples, 200), ctx.seed)
+    low, high = F.paired_frechet_interval(refs, own, clusters, min(ctx.resamples, 200), ctx.seed)
     n = len(own)
     warning = ""
     if n < FID_SMALL_SAMPLE:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, requires
 from igmu.metrics.fid import frechet_result
 

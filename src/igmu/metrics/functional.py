@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import linalg
 
-CONFIDENCE = 0.95
+from igmu.core.intervals import CONFIDENCE, MeanTest, prompt_resamples
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -58,11 +60,47 @@ def csdr(reference_scores: np.ndarray, method_scores: np.ndarray) -> np.ndarray:
     return np.where(ref > 0, rate, np.nan)
 
 
-def wilson_interval(successes: int, total: int) -> tuple[float, float]:
-    """Wilson score interval for ``successes`` out of ``total`` independent trials (scipy)."""
-    from scipy import stats
+def paired_frechet_interval(
+    reference: np.ndarray,
+    own: np.ndarray,
+    clusters: Sequence,
+    resamples: int,
+    seed: int,
+) -> tuple[float, float]:
+    """Bias-centred percentile interval of FID(reference, own) for key-paired rows, resampling
+    prompts (all of a prompt's pairs, both sides together)."""
+    reference, own = np.asarray(reference), np.asarray(own)
+    point = frechet_distance(reference, own)
+    draws = [frechet_distance(reference[rows], own[rows])
+             for rows in prompt_resamples(clusters, resamples, seed)]
+    if not draws:
+        return point, point
+    values = np.asarray(draws)
+    bias = values.mean() - point
+    low, high = np.quantile(values - bias, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return max(min(float(low), point), 0.0), max(float(high), point)
 
-    if total == 0:
-        return (float("nan"), float("nan"))
-    ci = stats.binomtest(int(successes), int(total)).proportion_ci(CONFIDENCE, method="wilson")
-    return float(ci.low), float(ci.high)
+
+def paired_frechet_difference_test(
+    reference: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    clusters: Sequence,
+    resamples: int,
+    seed: int,
+) -> MeanTest:
+    """FID(ref, first) - FID(ref, second) with a percentile interval and a bootstrap p-value,
+    resampling prompts jointly for all three sides (rows are aligned by key)."""
+    reference, first, second = (np.asarray(x) for x in (reference, first, second))
+    point = frechet_distance(reference, first) - frechet_distance(reference, second)
+    draws = [
+        frechet_distance(reference[rows], first[rows])
+        - frechet_distance(reference[rows], second[rows])
+        for rows in prompt_resamples(clusters, resamples, seed)
+    ]
+    if not draws:
+        return MeanTest(point, point, point, float("nan"))
+    values = np.asarray(draws)
+    low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    p_value = min(1.0, 2 * min(float((values <= 0).mean()), float((values >= 0).mean())))
+    return MeanTest(point, float(low), float(high), p_value)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 
 MANIFEST = "manifest.jsonl"
 INFO = "dataset.json"
@@ -165,7 +165,7 @@ def read_layout(root: str | Path, verify: bool = False) -> list[LayoutItem]:
             labels = {str(k): str(v) for k, v in (row.get("labels") or {}).items()}
             items.append(LayoutItem(row["split"], row["class"], path, labels, sha, extra))
         return items
-    from igmu.dataset.images import is_image_file
+    from igmu.core.images import is_image_file
 
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from igmu.backbones.config import ModelsConfig
+from igmu.core.errors import ConfigError
+from igmu.core.registry import did_you_mean
 from igmu.detectors.base import DETECTORS, Verdict, detector_settings
-from igmu.errors import ConfigError
 from igmu.miniworld.judges import WEIGHTS, Judge, default_judge_dir
-from igmu.registry import did_you_mean
 
 MODELS_FIELD = "miniworld"
 

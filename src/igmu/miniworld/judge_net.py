@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 
 SCHEMA = "igmu.miniworld.judge/1"
 WEIGHTS = "judge.safetensors"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 from igmu.miniworld.judge_net import (
     DEFAULT_ARCH,
     METADATA,
@@ -131,7 +131,7 @@ def _train(torch, data_root, out_dir, heads, config, arch, threads, train_split,
     from safetensors.torch import save_file
 
     from igmu.backbones.weights import sha256_of
-    from igmu.metrics.functional import wilson_interval
+    from igmu.core.intervals import wilson_interval
     from igmu.miniworld.dataset_export import INFO, MANIFEST, manifest_sha256, read_layout
 
     size = int(arch["input_size"])

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from igmu.errors import ModelNotFoundError
+from igmu.core.errors import ModelNotFoundError
 from igmu.miniworld import judge_background as background
 from igmu.miniworld.judge_net import (
     DEFAULT_ARCH,
@@ -225,7 +225,7 @@ def evaluate_on_world(
     judge: Judge, n: int = 2000, seed: int = 777, size: int = 32
 ) -> dict[str, dict[str, Any]]:
     """Accuracy of each world head on ``n`` freshly rendered scenes (Wilson 95% CI)."""
-    from igmu.metrics.functional import wilson_interval
+    from igmu.core.intervals import wilson_interval
     from igmu.miniworld.world import render, sample_scenes
 
     scenes = sample_scenes(seed, n)

@@ -18,7 +18,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from igmu.errors import ConfigError, ModelNotFoundError
+from igmu.core.errors import ConfigError, ModelNotFoundError
 
 DETECTOR = "mini_judge"
 

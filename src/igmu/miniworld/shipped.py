@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from igmu.errors import ModelNotFoundError
+from igmu.core.errors import ModelNotFoundError
 
 WEIGHTS = Path(__file__).parent / "weights"
 # How the demo and every MiniWorld default generate: 8 DDIM steps draw as well as 25 in this
@@ -39,7 +39,7 @@ def world_models(
 ) -> dict[str, Any]:
     """The models-file fields of the MiniWorld (absolute paths), plus ``methods``; for a task
     whose RETRAIN model ships (the model trained without the concept), ``RETRAIN`` too."""
-    from igmu.constants import RETRAIN
+    from igmu.core.constants import RETRAIN
     from igmu.miniworld.retrain import retrain_model_dir
 
     t2i, clip = shipped_models()

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required (unless --evaluate)")
     without = None
     if args.retrain_without:
-        from igmu.errors import ConfigError
+        from igmu.core.errors import ConfigError
         from igmu.miniworld.retrain import concept_of
 
         try:

@@ -13,7 +13,7 @@ from igmu.store.runs import StoredRun, load_run
 def is_sensitive(spec: dict[str, Any]) -> bool:
     """Blur unless the task is known to be safe (fail-closed): the task's own flag, recorded in
     the run spec, else its CatIGMU node's guidance; an unknown or missing node blurs."""
-    from igmu.errors import ConfigError
+    from igmu.core.errors import ConfigError
     from igmu.taxonomy import load_taxonomy
 
     task = spec.get("task") or {}

@@ -12,8 +12,8 @@ from typing import Any
 
 from PIL import Image
 
-from igmu.dataset.images import decode_image
-from igmu.errors import ImageError
+from igmu.core.errors import ImageError
+from igmu.core.images import decode_image
 from igmu.report.data import ReportData
 
 DETECTION_PREFIXES = (

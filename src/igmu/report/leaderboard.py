@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from html import escape
 
+from igmu.core.records import Aggregate
 from igmu.report.data import ReportData
-from igmu.results import Aggregate
 
 
 def fmt(value: float | None) -> str:

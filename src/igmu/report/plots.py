@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from html import escape
 
+from igmu.core.records import ASPECTS
 from igmu.report.data import ReportData
-from igmu.results import ASPECTS
 
 PALETTE = [
     "#4e79a7",

@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from igmu.core import intervals as C
+from igmu.core.records import ASPECTS, Aggregate
 from igmu.evaluation.compare import Difference, paired_difference
-from igmu.metrics import clustered as C
 from igmu.metrics.base import prompt_of
-from igmu.results import ASPECTS, Aggregate
 from igmu.store.runs import StoredRun
 from igmu.store.sqlite import Store
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from html import escape
 
+from igmu.core.records import ASPECTS
 from igmu.report.leaderboard import fmt
 from igmu.report.verdict import Headline, Verdict, with_best_outcome
-from igmu.results import ASPECTS
 
 RULE = (
     "Each cell: the aspect's headline metric (from the task's CatIGMU guidance), its value and "

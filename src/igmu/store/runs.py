@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from igmu.constants import ORG
-from igmu.errors import ConfigError
-from igmu.results import ASPECTS, Aggregate, Sample
+from igmu.core.constants import ORG
+from igmu.core.errors import ConfigError
+from igmu.core.records import ASPECTS, Aggregate, Sample
 from igmu.store.sqlite import Store
 
 RUN_FILE = "run.json"

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from igmu.errors import ConfigError
-from igmu.results import AGGREGATE_COLUMNS, SAMPLE_COLUMNS, Aggregate, Sample
+from igmu.core.errors import ConfigError
+from igmu.core.records import AGGREGATE_COLUMNS, SAMPLE_COLUMNS, Aggregate, Sample
 
 SCHEMA_VERSION = 2
 # How a store of an older schema becomes the current one (caches stay valid).

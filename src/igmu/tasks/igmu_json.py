@@ -6,8 +6,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from igmu.errors import ConfigError
-from igmu.registry import did_you_mean
+from igmu.core.errors import ConfigError
+from igmu.core.registry import did_you_mean
 from igmu.tasks.model import PromptSet, Task
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import yaml
 
-from igmu.errors import ConfigError
-from igmu.registry import did_you_mean
+from igmu.core.errors import ConfigError
+from igmu.core.registry import did_you_mean
+from igmu.core.yamlio import load_yaml
 from igmu.tasks.model import PROMPT_SET_KINDS, PromptSet, Task, UnlearningPrompts
 from igmu.tasks.stripping import concept_words_in, strip_concept
 from igmu.taxonomy import load_taxonomy
 from igmu.taxonomy.tree import merge_guidance, validate_guidance
-from igmu.yamlio import load_yaml
 
 SCHEMA = "igmu.task/1"
 TOP_LEVEL_FIELDS = {

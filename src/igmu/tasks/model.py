@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from igmu.constants import PROMPT_SET_KINDS
+from igmu.core.constants import PROMPT_SET_KINDS
 
 __all__ = ["PROMPT_SET_KINDS", "Prompt", "PromptSet", "Task", "UnlearningPrompts"]
 
@@ -94,8 +94,8 @@ class Task:
         return bool(self.guidance.get("sensitive_content", False))
 
     def prompt_set(self, name: str) -> PromptSet:
-        from igmu.errors import ConfigError
-        from igmu.registry import did_you_mean
+        from igmu.core.errors import ConfigError
+        from igmu.core.registry import did_you_mean
 
         if name not in self.prompt_sets:
             raise ConfigError(

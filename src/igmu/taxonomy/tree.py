@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from igmu.errors import ConfigError
-from igmu.registry import did_you_mean
-from igmu.yamlio import load_yaml
+from igmu.core.errors import ConfigError
+from igmu.core.registry import did_you_mean
+from igmu.core.yamlio import load_yaml
 
 SCHEMA = "igmu.taxonomy/1"
 REFERENCE_KINDS = ("stripped", "unrelated")

@@ -11,7 +11,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ import yaml
 
 import igmu
 from igmu.backbones.config import load_models_config
-from igmu.constants import METHOD_CARD, NEGPROMPT, ORG, RETRAIN
+from igmu.core.constants import METHOD_CARD, NEGPROMPT, ORG, RETRAIN
+from igmu.core.files import write_atomic
 from igmu.miniworld.shipped import GENERATION, shipped_models, world_models
 
 MINI_TASKS = ("mini_attribute", "mini_object", "mini_style")
@@ -185,8 +185,6 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> Path:
     writer.writerow(header)
     writer.writerows(combined)
     target = out / "metrics.csv"
-    tmp = target.with_suffix(".csv.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomic(target, buffer.getvalue())
     (out / "demo_timing.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
     return target

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from igmu.errors import ConfigError
+from igmu.core.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from igmu.metrics.functional import CONFIDENCE, wilson_interval
+from igmu.core.intervals import CONFIDENCE, wilson_interval
 
 
 def _arrays(labels: Any, other: Any) -> tuple[np.ndarray, np.ndarray]:

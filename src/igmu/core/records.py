@@ -1,8 +1,10 @@
-"""The two records every stage shares: a per-image ``Sample`` and an ``Aggregate`` over them.
+"""The records every stage shares: an image's key and record, a per-image ``Sample``, an
+``Aggregate`` over samples and a ``Comparison`` of two methods.
 
 Metrics make them, the engine stores them, exports write them, the report and the demo read
-them back: one definition, with its store row and CSV column order beside it. Undefined values
-are NaN in memory and NULL in the store and empty cells in CSV files.
+them back: one definition each, with its columns beside it (`Column`), from which the store's
+tables, its inserts and selects and the CSV exports are derived. Undefined values are NaN in
+memory, NULL in the store and empty cells in CSV files.
 """
 
 from __future__ import annotations
@@ -12,7 +14,31 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from igmu.dataset.records import ImageKey, ImageRecord
+
+@dataclass(frozen=True, order=True)
+class ImageKey:
+    prompt_set: str
+    class_name: str
+    prompt_index: int
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.prompt_set}/{self.class_name}/{self.prompt_index}/{self.seed}"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a method: its key, the prompt it was made from and its file."""
+
+    method: str
+    key: ImageKey
+    prompt: str
+    path: str
+
+    @property
+    def prompt_set(self) -> str:
+        return self.key.prompt_set
+
 
 ASPECTS = ("forgetting", "fidelity", "preservation", "alignment", "robustness")
 

@@ -6,10 +6,11 @@ independent, so every interval here resamples or counts prompts, never images.
   one (Kish; Korn and Graubard's approach for clustered proportions).
 - ``cluster_mean_interval``: a t interval with G - 1 degrees of freedom around a (possibly
   stratified) mean, with the cluster-robust (CR1) variance of the estimator.
-- ``paired_frechet_interval``: FID's bootstrap resampling prompts, with both sides of each pair
-  drawn together.
-- ``cluster_mean_test`` / ``paired_frechet_difference_test``: the same with a p-value, for
-  paired comparisons of two methods.
+- ``cluster_mean_test``: the same with a p-value, for paired comparisons of two methods;
+  ``prompt_resamples``: bootstrap samples that draw whole prompts (FID's intervals and tests,
+  ``igmu.metrics.functional``).
+- ``wilson_interval``: the Wilson interval of k successes in n independent trials.
+- ``holm``: Holm's step-down adjustment of a family of p-values.
 
 All are tested for coverage against simulations with known truth (tests/test_intervals.py).
 """
@@ -22,8 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from igmu.metrics.functional import CONFIDENCE, frechet_distance
-
+CONFIDENCE = 0.95
 Z = float(stats.norm.ppf((1 + CONFIDENCE) / 2))
 
 
@@ -41,6 +41,13 @@ def wilson(p: float, n: float) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def wilson_interval(successes: int, total: int) -> tuple[float, float]:
+    """The Wilson score interval for ``successes`` out of ``total`` independent trials."""
+    if total <= 0:
+        return (float("nan"), float("nan"))
+    return wilson(successes / total, total)
 
 
 def design_effect(flags: np.ndarray, index: np.ndarray, groups: int) -> float:
@@ -148,7 +155,7 @@ def cluster_mean_interval(
     return test.estimate, test.low, test.high
 
 
-def _prompt_resamples(clusters: Sequence, resamples: int, seed: int) -> Iterator[np.ndarray]:
+def prompt_resamples(clusters: Sequence, resamples: int, seed: int) -> Iterator[np.ndarray]:
     """Row indices of bootstrap samples that draw whole prompts (all their rows) with
     replacement; samples with fewer than 2 rows are skipped (no Fréchet distance)."""
     index, groups = _cluster_index(clusters)
@@ -160,47 +167,12 @@ def _prompt_resamples(clusters: Sequence, resamples: int, seed: int) -> Iterator
             yield rows
 
 
-def paired_frechet_interval(
-    reference: np.ndarray,
-    own: np.ndarray,
-    clusters: Sequence,
-    resamples: int,
-    seed: int,
-) -> tuple[float, float]:
-    """Bias-centred percentile interval of FID(reference, own) for key-paired rows, resampling
-    prompts (all of a prompt's pairs, both sides together)."""
-    reference, own = np.asarray(reference), np.asarray(own)
-    point = frechet_distance(reference, own)
-    draws = [frechet_distance(reference[rows], own[rows])
-             for rows in _prompt_resamples(clusters, resamples, seed)]
-    if not draws:
-        return point, point
-    values = np.asarray(draws)
-    bias = values.mean() - point
-    low, high = np.quantile(values - bias, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    return max(min(float(low), point), 0.0), max(float(high), point)
-
-
-def paired_frechet_difference_test(
-    reference: np.ndarray,
-    first: np.ndarray,
-    second: np.ndarray,
-    clusters: Sequence,
-    resamples: int,
-    seed: int,
-) -> MeanTest:
-    """FID(ref, first) - FID(ref, second) with a percentile interval and a bootstrap p-value,
-    resampling prompts jointly for all three sides (rows are aligned by key)."""
-    reference, first, second = (np.asarray(x) for x in (reference, first, second))
-    point = frechet_distance(reference, first) - frechet_distance(reference, second)
-    draws = [
-        frechet_distance(reference[rows], first[rows])
-        - frechet_distance(reference[rows], second[rows])
-        for rows in _prompt_resamples(clusters, resamples, seed)
-    ]
-    if not draws:
-        return MeanTest(point, point, point, float("nan"))
-    values = np.asarray(draws)
-    low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    p_value = min(1.0, 2 * min(float((values <= 0).mean()), float((values >= 0).mean())))
-    return MeanTest(point, float(low), float(high), p_value)
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error over every test given)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [float("nan")] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

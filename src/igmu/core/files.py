@@ -1,0 +1,120 @@
+"""Files written whole or not at all, and JSON Lines read with errors that name file and line.
+
+``write_atomic`` writes to a temporary name in the final folder (``.<name>.<pid>.tmp``), flushes
+it to disk and renames it into place, so a process killed at any moment leaves either no file or
+the whole file; ``remove_stale_tmp`` deletes the temporary files of processes no longer running.
+``read_jsonl`` yields each non-blank line's object with its place (``file:line``) for the
+caller's own checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from igmu.core.errors import ConfigError
+
+TMP_SUFFIX = ".tmp"
+
+
+def temporary_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes | str, sync_dir: bool = False) -> None:
+    """Write ``data`` (text is UTF-8) to ``path`` via a temporary file + rename; readers never
+    see a part. ``sync_dir`` also flushes the folder entry (the rename survives a crash)."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if sync_dir:
+        _fsync_dir(path.parent)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: Path, recursive: bool = False) -> int:
+    """Delete temporary files left by killed processes (their pid is no longer running)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    pattern = f"**/.*{TMP_SUFFIX}" if recursive else f".*{TMP_SUFFIX}"
+    removed = 0
+    for tmp in folder.glob(pattern):
+        parts = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 1)
+        if len(parts) != 2 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            continue
+        try:
+            tmp.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """A UTF-8 text file; a byte that is not UTF-8 is a ConfigError naming the file, the line
+    and the byte offset."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: this {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+            f"offset {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def read_jsonl(path: Path, what: str = "JSONL file") -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` for each non-blank line of a JSON Lines file, ``where`` = ``file:line``;
+    a line that is not a JSON object is a ConfigError naming the file and line."""
+    text = read_text(path, what)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: not valid JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: each line of a {what} must be a JSON object")
+        yield where, row
