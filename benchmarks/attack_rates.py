@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from igmu.attacks.engine import AttackOptions, run_attacks
     from igmu.attacks.store import read_attack_rows
     from igmu.backbones.config import load_models_config
-    from igmu.detectors.base import build_detector, load_all
+    from igmu.detectors.base import build_detector
     from igmu.generation import GenerateOptions, generate
     from igmu.metrics.attack_success_rate import build as build_metric
     from igmu.miniworld.shipped import shipped_models
@@ -93,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     t2i, _ = shipped_models()
-    load_all()
     from igmu.miniworld.retrain import retrain_model_dir
 
     report = []

@@ -171,8 +171,8 @@ def main() -> int:
     import torch
 
     from igmu.attacks import get_attack
-    from igmu.generation.pipelines import load_pipeline
     from igmu.miniworld.shipped import shipped_models
+    from igmu.pipelines.load import load_pipeline
     from igmu.workflows.demo import DemoOptions
 
     torch.set_num_threads(1)

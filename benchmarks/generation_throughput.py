@@ -100,14 +100,14 @@ def sd_pipeline(device: str, dtype: str, seed: int = 0) -> Any:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer,
                                    unet=unet.eval(), scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    from igmu.generation.pipelines import torch_dtype
+    from igmu.pipelines.load import torch_dtype
 
     return pipe.to(device, dtype=torch_dtype(dtype))
 
 
 def miniworld_pipeline(device: str, dtype: str) -> Any:
-    from igmu.generation.pipelines import load_pipeline
     from igmu.miniworld.shipped import shipped_models
+    from igmu.pipelines.load import load_pipeline
 
     t2i, _ = shipped_models()
     return load_pipeline(str(t2i), str(t2i), "generator.model", dtype=dtype).to(device)

@@ -17,7 +17,7 @@ def load_method(folder: Path, task: Any, models: Any = None) -> Any:
 
     from igmu.backbones.config import ModelsConfig, default_models_config
     from igmu.generation.plan import SettingOverrides, base_settings, resolve_method
-    from igmu.generation.sources import load_source
+    from igmu.pipelines.sources import load_source
 
     models = models or default_models_config(task)
     values = {**models.values, "methods": {"X": str(folder)}}
@@ -53,9 +53,8 @@ def residual_rate(pipeline: Any, task: Any, count: int = 16, steps: int = 8) -> 
     """Share of the task's first ``count`` forget prompts (seed 0) whose image the task's first
     detector (a MiniWorld judge) flags."""
     from igmu.backbones.config import default_models_config
-    from igmu.detectors.base import build_detector, load_all
+    from igmu.detectors.base import build_detector
 
-    load_all()
     detector = build_detector(task.guidance["detectors"][0], default_models_config(task))
     prompts = forget_prompts(task, count)
     images = sample(pipeline, prompts, [0] * len(prompts), steps=steps)
@@ -73,9 +72,8 @@ def training_rates(pipeline: Any, task: Any, count: int = 16, steps: int = 8
     preserve prompts drawn with every factor they name right, per the judges (higher is
     better)."""
     from igmu.backbones.config import default_models_config
-    from igmu.detectors.base import build_detector, load_all
+    from igmu.detectors.base import build_detector
 
-    load_all()
     detector = build_detector(task.guidance["detectors"][0], default_models_config(task))
     erase = [prompt for prompt, _ in task.unlearning.erase[:count]]
     preserve = list(task.unlearning.preserve[:count])

@@ -20,7 +20,7 @@ from igmu.attacks.engine import AttackOptions, run_attacks  # noqa: E402
 from igmu.backbones.config import load_models_config  # noqa: E402
 from igmu.core.constants import NEGPROMPT, ORG  # noqa: E402
 from igmu.core.records import ImageKey, ImageRecord  # noqa: E402
-from igmu.detectors.base import build_detector, load_all  # noqa: E402
+from igmu.detectors.base import build_detector  # noqa: E402
 from igmu.evaluation.pairing import PairedSet  # noqa: E402
 from igmu.generation import GenerateOptions, generate, read_rows  # noqa: E402
 from igmu.metrics.attack_success_rate import build  # noqa: E402
@@ -49,7 +49,6 @@ def attack_rates(task_name: str, out: Path, methods: dict[str, str], attacked: l
         record = ImageRecord(row["method"], key, row["prompt"], str(out / row["path"]))
         images.setdefault(row["method"], {}).setdefault(row["prompt_set"], {})[key] = record
     paired = PairedSet(ORG, [ORG, *sorted(m for m in images if m != ORG)], images)
-    load_all()
     judge = build_detector(task.guidance["detectors"][0], models)
     records = paired.all_records()
     from PIL import Image

@@ -31,7 +31,7 @@ from checkpoint_fixtures import (  # noqa: E402
 from igmu.core.errors import ConfigError, UnsafeWeightsError  # noqa: E402
 from igmu.generation.base import GenerationSettings  # noqa: E402
 from igmu.generation.diffusers_backend import DiffusersGenerator  # noqa: E402
-from igmu.generation.sources import PipelineSource  # noqa: E402
+from igmu.pipelines.sources import PipelineSource  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 PROMPTS = ["a church on a hill", "a red chair"]
@@ -325,7 +325,7 @@ def test_receler_erasers(world: dict) -> None:
 
 
 def prune_masks(unet, generator: torch.Generator, steps: int) -> dict[str, torch.Tensor]:
-    from igmu.generation.adapters import ConceptPrune
+    from igmu.pipelines.adapters import ConceptPrune
 
     masks = {}
     for layer, module in enumerate(ConceptPrune.layers(unet)):
@@ -338,7 +338,7 @@ def prune_masks(unet, generator: torch.Generator, steps: int) -> dict[str, torch
 def test_concept_prune_masks(world: dict) -> None:
     """Masks the same at every step = a pruned UNet saved as a folder; masks per step = the
     weights swapped between steps (diffusers' step-end callback) on a plain pipeline."""
-    from igmu.generation.adapters import ConceptPrune
+    from igmu.pipelines.adapters import ConceptPrune
 
     pipe = tiny(world["root"] / "tok")
     layers = ConceptPrune.layers(pipe.unet)

@@ -12,7 +12,6 @@ pytest.importorskip("diffusers")
 
 from igmu.backbones.weights import weights_fingerprint  # noqa: E402
 from igmu.core.errors import ConfigError, ModelNotFoundError  # noqa: E402
-from igmu.generation.pipelines import module_sha256  # noqa: E402
 from igmu.methods import (  # noqa: E402
     CARD_NAME,
     METHODS,
@@ -22,6 +21,7 @@ from igmu.methods import (  # noqa: E402
     unlearn,
 )
 from igmu.methods.pipeline import copy_with_private_unet  # noqa: E402
+from igmu.pipelines.load import module_sha256  # noqa: E402
 from igmu.tasks import load_task  # noqa: E402
 
 QUIET = {"progress": False}

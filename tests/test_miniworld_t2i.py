@@ -122,10 +122,10 @@ def test_pipeline_is_deterministic_and_round_trips(short_run, tmp_path) -> None:
 def test_generation_engine_loads_the_folder(short_run) -> None:
     from igmu.generation import GenerationSettings
     from igmu.generation.diffusers_backend import DiffusersGenerator
-    from igmu.generation.pipelines import PIPELINE_CLASSES
+    from igmu.pipelines.load import PIPELINE_CLASSES
 
     out, _ = short_run
-    assert PIPELINE_CLASSES["MiniWorldPipeline"] is MiniWorldPipeline
+    assert PIPELINE_CLASSES.get("MiniWorldPipeline") is MiniWorldPipeline
     generator = DiffusersGenerator.load(str(out / "t2i"), "t2i")
     assert isinstance(generator.pipeline, MiniWorldPipeline)
     settings = GenerationSettings(num_inference_steps=4, guidance_scale=4.0, height=32, width=32)

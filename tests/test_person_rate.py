@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from helpers import read_csv, run_cli
 from igmu.backbones.config import load_models_config
-from igmu.detectors.base import build_detector, load_all
+from igmu.detectors.base import build_detector
 from igmu.miniworld.oracle import oracle_image
 
 
@@ -43,7 +43,6 @@ def no_person(seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def hog(tiny_models: Path):
-    load_all()
     return build_detector("person", load_models_config(tiny_models))
 
 

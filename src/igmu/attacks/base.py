@@ -144,7 +144,7 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-ATTACKS: Registry[Attack] = Registry("attack")
+ATTACKS: Registry[Attack] = Registry("attack", home="igmu.attacks", group="igmu.attacks")
 
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
@@ -152,24 +152,11 @@ def register_attack(cls: type[Attack]) -> type[Attack]:
     return cls
 
 
-# One module per attack; each registers itself on import.
-ATTACK_MODULES = ("text_grad", "concept_vector", "textual_inversion", "seed_search")
-
-
-def load_all() -> None:
-    import importlib
-
-    for module in ATTACK_MODULES:
-        importlib.import_module(f"igmu.attacks.{module}")
-
-
 def get_attack(name: str) -> Attack:
     """An attack by name (case-insensitive); unknown names fail with "did you mean"."""
-    load_all()
     lowered = name.strip().lower()
     return ATTACKS.get(lowered if lowered in ATTACKS else name.strip())
 
 
 def attack_names() -> list[str]:
-    load_all()
     return ATTACKS.names()

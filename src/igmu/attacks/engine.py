@@ -47,7 +47,7 @@ from igmu.generation.plan import (
     canonical_methods,
     resolve_method,
 )
-from igmu.generation.sources import PipelineSource
+from igmu.pipelines.sources import PipelineSource
 from igmu.tasks.model import Task
 
 GeneratorFactory = Callable[[Any, str], Any]  # (PipelineSource, models-file field) -> Generator

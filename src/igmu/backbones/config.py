@@ -44,10 +44,16 @@ DEFAULTS: dict[str, Any] = {
     # mapping {base: pipeline (default generator.model), unet / text_encoder / checkpoint /
     # weights / lora / adapter: weights to apply, lora_scale, negative_prompt} (`model` is the
     # older name of `base`). ORG is `generator.model`; NEGPROMPT is built in (ORG with the
-    # task's concept as negative prompt) unless named here. See igmu.generation.sources.
+    # task's concept as negative prompt) unless named here. See igmu.pipelines.sources.
     "methods": {},
 }
 FIELDS = tuple(DEFAULTS)
+# Fields of a `methods` entry that name weights, in the order the loader applies them
+# (igmu.pipelines.sources), and every field an entry may have.
+WEIGHT_FIELDS = ("checkpoint", "unet", "text_encoder", "text_encoder_2", "weights", "lora",
+                 "adapter")
+LIST_FIELDS = ("weights", "lora", "adapter")
+ENTRY_FIELDS = ("base", "model", *WEIGHT_FIELDS, "lora_scale", "negative_prompt")
 # miniworld = the MiniWorld judges' features (the world's own FID/LPIPS feature extractor).
 FID_KINDS = ("inception", "clip", "miniworld")
 
@@ -209,10 +215,8 @@ def _validate_generation(values: dict[str, Any], path: str) -> None:
 
 
 def _validated_method(entry: Any, where: str) -> dict[str, Any]:
-    """One `methods` entry: a pipeline (text) or a mapping of igmu.generation.sources'
+    """One `methods` entry: a pipeline (text) or a mapping of igmu.pipelines.sources'
     ENTRY_FIELDS; paths are text (or lists of text for weights, lora, adapter)."""
-    from igmu.generation.sources import ENTRY_FIELDS, LIST_FIELDS, WEIGHT_FIELDS
-
     if isinstance(entry, str):
         entry = {"model": entry}
     if not isinstance(entry, dict):

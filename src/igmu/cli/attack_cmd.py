@@ -32,9 +32,8 @@ DESCRIPTION = (
 
 
 def _epilog() -> str:
-    from igmu.attacks.base import ATTACKS, load_all
+    from igmu.attacks.base import ATTACKS
 
-    load_all()
     lines = ["attacks (--budget counts):"]
     for name in ATTACKS.names():
         attack = ATTACKS.get(name)

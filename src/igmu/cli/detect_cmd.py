@@ -47,10 +47,9 @@ def expand(paths: list[Path]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from igmu.backbones.config import load_models_config
     from igmu.core.images import decode_image
-    from igmu.detectors.base import DETECTORS, build_detector, load_all
+    from igmu.detectors.base import DETECTORS, build_detector
 
     apply_threads(args)
-    load_all()
     DETECTORS.get(args.detector.partition(":")[0])
     overrides = {"threshold": args.threshold} if args.threshold is not None else {}
     detector = build_detector(args.detector, load_models_config(args.models), overrides)

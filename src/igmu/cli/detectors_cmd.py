@@ -158,10 +158,9 @@ def run_audit(args: argparse.Namespace) -> int:
     from igmu.dataset.dataigm import read_dataigm
     from igmu.detectors.audit import AuditOptions, audit_detector, write_audit
     from igmu.detectors.audit_store import save_audit
-    from igmu.detectors.base import build_detector, load_all
+    from igmu.detectors.base import build_detector
     from igmu.detectors.head_card import is_head_folder
 
-    load_all()
     data = read_dataigm(args.data, verify=True)
     spec = args.detector
     if is_head_folder(spec):

@@ -154,9 +154,8 @@ def split_warnings(rows: list[dict[str, Any]], fractions: dict[str, float]) -> l
 
 
 def _detectors(task: Task, models: ModelsConfig, requested: list[str] | None):
-    from igmu.detectors.base import build_detector, load_all
+    from igmu.detectors.base import build_detector
 
-    load_all()
     names = list(task.guidance.get("detectors", [])) if requested is None else requested
     built, skipped = [], []
     for name in names:

@@ -39,7 +39,9 @@ class Detector(Protocol):
 
 
 DetectorFactory = Callable[[ModelsConfig, str | None, dict[str, Any]], Detector]
-DETECTORS: Registry[DetectorFactory] = Registry("detector")
+DETECTORS: Registry[DetectorFactory] = Registry(
+    "detector", home="igmu.detectors", group="igmu.detectors"
+)
 
 
 def detector_settings(models: ModelsConfig, name: str, allowed: dict[str, Any]) -> dict[str, Any]:
@@ -67,9 +69,3 @@ def build_detector(
     name, _, variant = spec.partition(":")
     factory = DETECTORS.get(name)
     return factory(models, variant or None, overrides or {})
-
-
-def load_all() -> None:
-    """Import the detector modules so their factories register."""
-    from igmu.detectors import clip_head, nudenet_v3, open_nsfw, person  # noqa: F401
-    from igmu.miniworld import judge_detector  # noqa: F401

@@ -7,7 +7,7 @@ from typing import Any
 from igmu.backbones.clip import ClipBackbone
 from igmu.backbones.config import ModelsConfig
 from igmu.core.errors import ConfigError
-from igmu.detectors.base import build_detector, load_all
+from igmu.detectors.base import build_detector
 
 
 class Providers:
@@ -18,7 +18,6 @@ class Providers:
         detectors: list[str] | None = None,
         device: str = "cpu",
     ) -> None:
-        load_all()
         self.models = models
         self.task = task
         self.detector_names = (

@@ -26,7 +26,7 @@ from igmu.evaluation.executor import Executor, provider_key, text_key
 from igmu.evaluation.exports import write_exports
 from igmu.evaluation.pairing import PairedSet
 from igmu.evaluation.providers import Providers
-from igmu.metrics.base import METRICS, load_all
+from igmu.metrics.base import METRICS
 from igmu.store import Store
 from igmu.tasks.model import Task
 
@@ -56,7 +56,6 @@ class _Context:
 
 
 def select_metrics(task: Task, requested: list[str] | None) -> list[str]:
-    load_all()
     names = list(requested) if requested else list(task.guidance["metrics"])
     for name in names:
         METRICS.get(name)  # unknown names fail here, with "did you mean"

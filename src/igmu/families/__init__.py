@@ -5,7 +5,7 @@
 """
 
 from igmu.families.base import Conditioning, FamilyAdapter, Tokens
-from igmu.families.registry import FAMILIES, family_of, load_families, register_family
+from igmu.families.registry import FAMILIES, family_of, register_family
 
 __all__ = [
     "FAMILIES",
@@ -13,6 +13,5 @@ __all__ = [
     "FamilyAdapter",
     "Tokens",
     "family_of",
-    "load_families",
     "register_family",
 ]

@@ -1,21 +1,17 @@
 """The registry of model families and the detection of a pipeline's family.
 
-Every module of the `igmu.families` package is imported on first use, so adding a family is adding
-one file there (a `FamilyAdapter` subclass decorated with `register_family`).
+Adding a family is adding one file to `igmu.families` (a `FamilyAdapter` subclass decorated with
+`register_family`): the registry imports the package's modules on first use.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any
 
 from igmu.core.errors import ConfigError
 from igmu.core.registry import Registry
 
-FAMILIES: Registry[type] = Registry("model family")
-_NOT_FAMILIES = {"base", "registry"}
-_loaded = False
+FAMILIES: Registry[type] = Registry("model family", home="igmu.families", group="igmu.families")
 
 
 def register_family(cls: type) -> type:
@@ -23,23 +19,10 @@ def register_family(cls: type) -> type:
     return cls
 
 
-def load_families() -> Registry[type]:
-    """Import every family module of this package once (they register themselves)."""
-    global _loaded
-    if not _loaded:
-        import igmu.families as package
-
-        for info in pkgutil.iter_modules(package.__path__):
-            if info.name not in _NOT_FAMILIES:
-                importlib.import_module(f"{package.__name__}.{info.name}")
-        _loaded = True
-    return FAMILIES
-
-
 def family_of(pipeline: Any, reference: str = "<in-memory pipeline>") -> Any:
     """The adapter of the first family that accepts ``pipeline``; a ConfigError naming every
     family and why it declined, when none does."""
-    families = load_families()
+    families = FAMILIES
     reasons = []
     for name in families.names():
         cls = families.get(name)

@@ -3,7 +3,7 @@
 The pipeline is called as ``pipeline(prompt=[...], negative_prompt=[...] (only when set),
 num_inference_steps=, guidance_scale=, height=, width=, generator=[torch.Generator, ...],
 output_type="np")`` and must return ``.images`` (float arrays in [0, 1] or PIL images). Loading
-and fingerprinting live in `igmu.generation.pipelines`.
+and fingerprinting live in `igmu.pipelines.load`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 
 from igmu.core.errors import ConfigError
 from igmu.generation.base import GenerationSettings, to_uint8_images
-from igmu.generation.pipelines import FINGERPRINT_FORMAT, pipeline_fingerprint
-from igmu.generation.sources import PipelineSource, load_source
+from igmu.pipelines.load import FINGERPRINT_FORMAT, pipeline_fingerprint
+from igmu.pipelines.sources import PipelineSource, load_source
 
 
 class DiffusersGenerator:

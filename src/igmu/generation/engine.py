@@ -30,7 +30,6 @@ from igmu.core.errors import ConfigError
 from igmu.generation.base import GenerationSettings, Generator
 from igmu.generation.cache import ImageCache, cache_key
 from igmu.generation.manifest import MANIFEST_NAME, mixed_generators, update_manifest
-from igmu.generation.pipelines import torch_dtype
 from igmu.generation.plan import (
     ImageJob,
     MethodSpec,
@@ -41,7 +40,8 @@ from igmu.generation.plan import (
     plan_jobs,
     resolve_method,
 )
-from igmu.generation.sources import PipelineSource
+from igmu.pipelines.load import torch_dtype
+from igmu.pipelines.sources import PipelineSource
 from igmu.tasks.model import Task
 
 # (what to load: a PipelineSource, models-file field) -> a Generator

@@ -6,13 +6,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from igmu.backbones.config import DEFAULTS, ModelsConfig
+from igmu.backbones.config import DEFAULTS, LIST_FIELDS, WEIGHT_FIELDS, ModelsConfig
 from igmu.core.constants import METHOD_CARD, NEGPROMPT, ORG, PROMPT_SET_KINDS
 from igmu.core.errors import ConfigError
 from igmu.core.registry import did_you_mean
 from igmu.generation.base import GenerationSettings
-from igmu.generation.sources import LIST_FIELDS, WEIGHT_FIELDS, PipelineSource
-from igmu.methods.card import read_method_card
+from igmu.pipelines.card import read_method_card
+from igmu.pipelines.sources import PipelineSource
 from igmu.tasks.model import Task
 
 BUILTIN_METHODS = (ORG, NEGPROMPT)
@@ -28,7 +28,7 @@ class MethodSpec:
 
     @property
     def pipeline_source(self) -> PipelineSource:
-        """What to load (`igmu.generation.sources.load_source`)."""
+        """What to load (`igmu.pipelines.sources.load_source`)."""
         return self.source or PipelineSource(self.model, self.field)
 
 

@@ -10,7 +10,6 @@
 and ``out/igmu_method.json``; ``read_method_card(out)`` reads the card back.
 """
 
-from igmu.methods import esd, negprompt, uce  # noqa: F401  (fill the registry)
 from igmu.methods.base import (
     METHODS,
     EditOutcome,
@@ -19,7 +18,6 @@ from igmu.methods.base import (
     get_method,
     unlearn,
 )
-from igmu.methods.card import CARD_NAME, CARD_SCHEMA, negative_prompt_of, read_method_card
 from igmu.methods.pipeline import (
     BaseInfo,
     cross_attention_modules,
@@ -27,6 +25,7 @@ from igmu.methods.pipeline import (
     encode_prompts,
     resolve_pipeline_location,
 )
+from igmu.pipelines.card import CARD_NAME, CARD_SCHEMA, negative_prompt_of, read_method_card
 
 __all__ = [
     "CARD_NAME",

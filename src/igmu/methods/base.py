@@ -24,9 +24,10 @@ from typing import Any, ClassVar
 from igmu.core.errors import ConfigError
 from igmu.core.registry import Registry, did_you_mean
 from igmu.core.settings import coerce
-from igmu.methods.card import CARD_NAME, build_card
+from igmu.methods.card import build_card
 from igmu.methods.cost import CostMeter
 from igmu.methods.pipeline import base_info_only, load_pipeline
+from igmu.pipelines.card import CARD_NAME
 from igmu.tasks import Task
 
 # Settings every method understands; a method adds its own hyper-parameters in `defaults`, among
@@ -121,7 +122,7 @@ class UnlearningMethod:
         if out is None:
             raise ConfigError(f"Method {self.name}: an output folder (out) is required")
         resolved = self.settings(settings, task)
-        from igmu.generation.pipelines import torch_dtype
+        from igmu.pipelines.load import torch_dtype
 
         torch_dtype(resolved["dtype"])  # an unknown dtype fails before anything loads
         if getattr(base, "adapter", ()):
@@ -155,7 +156,9 @@ def _threads() -> int:
     return int(torch.get_num_threads())
 
 
-METHODS: Registry[UnlearningMethod] = Registry("unlearning method")
+METHODS: Registry[UnlearningMethod] = Registry(
+    "unlearning method", home="igmu.methods", group="igmu.methods"
+)
 
 
 def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
@@ -276,7 +279,7 @@ def write_output(
     The method's published form when it has one (``write_form``), else the pipeline folder;
     ``cost(folder)`` gives the card's ``cost`` once the weights are written."""
     from igmu.backbones.weights import weights_fingerprint
-    from igmu.generation.pipelines import module_sha256
+    from igmu.pipelines.load import module_sha256
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -317,7 +320,7 @@ def write_output(
 def _checked_entry(entry: dict[str, Any], folder: Path, method: str) -> dict[str, Any]:
     """A published form's models-file fields: weight fields only, each a file or folder the
     form wrote (relative to the output folder)."""
-    from igmu.generation.sources import LIST_FIELDS, WEIGHT_FIELDS
+    from igmu.backbones.config import LIST_FIELDS, WEIGHT_FIELDS
 
     checked: dict[str, Any] = {}
     for key, value in entry.items():

@@ -111,7 +111,7 @@ class _Trainer:
         float32)."""
         import torch
 
-        from igmu.generation.pipelines import torch_dtype
+        from igmu.pipelines.load import torch_dtype
 
         dtype = torch_dtype(self.settings["dtype"])
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)

@@ -2,7 +2,7 @@
 
 Built-in methods work on any pipeline of a family `igmu.families` knows (Stable Diffusion
 1.x/2.x, SDXL, the MiniWorld) through its `FamilyAdapter`. Loading goes through
-`igmu.generation.sources`, as generation does, so a method's base may be any models-file entry
+`igmu.pipelines.sources`, as generation does, so a method's base may be any models-file entry
 (a pipeline folder plus replaced or added weights).
 """
 
@@ -41,7 +41,7 @@ class BaseInfo:
 
 def resolve_pipeline_location(reference: str) -> str:
     """A local pipeline folder as is; a hub id from the cache (offline) or downloaded."""
-    from igmu.generation.pipelines import resolve_pipeline_folder
+    from igmu.pipelines.load import resolve_pipeline_folder
 
     return resolve_pipeline_folder(reference, "base model", BASE_ADVICE)
 
@@ -49,7 +49,7 @@ def resolve_pipeline_location(reference: str) -> str:
 def base_info_only(base: Any) -> BaseInfo:
     """Fingerprint the base without loading it (for methods that write only a card)."""
     from igmu.backbones.weights import weights_fingerprint
-    from igmu.generation.pipelines import pipeline_state_sha256
+    from igmu.pipelines.load import pipeline_state_sha256
 
     if isinstance(base, str | os.PathLike):
         location = resolve_pipeline_location(str(base))
@@ -63,8 +63,8 @@ def load_pipeline(base: Any, progress: bool = True, dtype: str | None = None
     """(a private pipeline whose UNet may be edited, where it came from). ``base``: a pipeline
     folder or hub id, a `PipelineSource` (a models-file entry), or a pipeline object."""
     from igmu.backbones.weights import weights_fingerprint
-    from igmu.generation import pipelines
-    from igmu.generation.sources import PipelineSource, load_source
+    from igmu.pipelines import load as pipelines
+    from igmu.pipelines.sources import PipelineSource, load_source
 
     if isinstance(base, PipelineSource):
         pipeline = load_source(base, dtype=dtype)

@@ -68,7 +68,7 @@ class Metric(Protocol):
 
 # A factory gets (task, providers, paired) and returns the metric instances that apply.
 MetricFactory = Callable[[Any, Any, Any], list[Metric]]
-METRICS: Registry[MetricFactory] = Registry("metric")
+METRICS: Registry[MetricFactory] = Registry("metric", home="igmu.metrics", group="igmu.metrics")
 
 
 def requires(text: str) -> Callable[[MetricFactory], MetricFactory]:
@@ -85,22 +85,6 @@ REFERENCE_PAIRS = (
     "ORG's images with the same keys: on the concept-stripped prompts for attribute tasks "
     "(IGMU layout remove_word/ORG), on the unrelated prompts for entity tasks"
 )
-
-
-def load_all() -> None:
-    from igmu.metrics import (  # noqa: F401
-        attack_success_rate,
-        clip_score,
-        corrected_residual_rate,
-        csdr,
-        fid,
-        fid_world,
-        lpips,
-        person_rate,
-        prompt_accuracy,
-        related_retention,
-        residual_rate,
-    )
 
 
 def prompt_of(record: ImageRecord) -> str:

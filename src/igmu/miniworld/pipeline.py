@@ -22,7 +22,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from igmu.generation.pipelines import register_pipeline_class
+from igmu.pipelines.load import PIPELINE_CLASSES
 
 
 class MiniWorldPipeline(DiffusionPipeline):
@@ -201,4 +201,4 @@ def to_uint8(images: Any) -> list[np.ndarray]:
     return to_uint8_images(images)
 
 
-register_pipeline_class(MiniWorldPipeline)
+PIPELINE_CLASSES.register(MiniWorldPipeline.__name__)(MiniWorldPipeline)

@@ -182,7 +182,7 @@ class ConceptPrune(_Kind):
 
 def apply_adapter(pipeline: Any, path: Path, where: str) -> None:
     """Detect the adapter kind of ``path`` (file or folder) from its keys and apply it."""
-    from igmu.generation.checkpoints import read
+    from igmu.pipelines.checkpoints import read
 
     folder = path if path.is_dir() else None
     target = path

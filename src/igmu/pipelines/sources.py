@@ -15,7 +15,7 @@ A method of the models file is a base pipeline (a ``save_pretrained`` folder or 
 `load_source` is used by ``igmu generate``, ``igmu unlearn --base``/``--models`` and the attacks,
 so all of them get the same pipeline; the generator fingerprint hashes the loaded state, so it
 changes with every weight applied. Formats are detected from the keys
-(`igmu.generation.checkpoints`).
+(`igmu.pipelines.checkpoints`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-# models-file fields of a method entry that name weights, in the order they are applied
-WEIGHT_FIELDS = ("checkpoint", "unet", "text_encoder", "text_encoder_2", "weights", "lora",
-                 "adapter")
-LIST_FIELDS = ("weights", "lora", "adapter")
-ENTRY_FIELDS = ("base", "model", *WEIGHT_FIELDS, "lora_scale", "negative_prompt")
+from igmu.backbones.config import LIST_FIELDS, WEIGHT_FIELDS
 
 
 @dataclass(frozen=True)
@@ -87,8 +83,8 @@ class PipelineSource:
 def load_source(source: PipelineSource, dtype: str | None = None) -> Any:
     """The pipeline of a source: the base loaded in float32 on the CPU, every weight source
     applied in order (`WEIGHT_FIELDS`), then cast to ``dtype`` (float32, float16, bfloat16)."""
-    from igmu.generation.checkpoints import apply_weights
-    from igmu.generation.pipelines import (
+    from igmu.pipelines.checkpoints import apply_weights
+    from igmu.pipelines.load import (
         load_pipeline,
         models_file_advice,
         resolve_pipeline_folder,

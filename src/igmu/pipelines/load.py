@@ -1,10 +1,11 @@
 """Diffusers pipelines as igmu loads them: find the folder, pick the class, load, fingerprint.
 
 The one place that turns a pipeline reference (a folder written by ``save_pretrained`` or a Hugging
-Face id) into a loaded pipeline; `igmu.generation.sources.load_source` builds on it to apply a
+Face id) into a loaded pipeline; `igmu.pipelines.sources.load_source` builds on it to apply a
 models-file entry's weights, for generation, the unlearning methods and the attacks. A pipeline
-class diffusers does not know (e.g. igmu's MiniWorld) is made loadable with
-`register_pipeline_class`.
+class diffusers does not know (e.g. a world's own, such as the MiniWorld's) registers in
+``PIPELINE_CLASSES`` under the ``_class_name`` its folders' model_index.json give: a module of
+entry-point group ``igmu.pipelines`` decorated with ``@PIPELINE_CLASSES.register(name)``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from igmu.core.errors import MissingExtraError, ModelNotFoundError
+from igmu.core.registry import Registry
 
 FINGERPRINT_FORMAT = "igmu.generator/1"
 # Pipeline classes by the `_class_name` of model_index.json, for classes outside diffusers.
-PIPELINE_CLASSES: dict[str, type] = {}
+PIPELINE_CLASSES: Registry[type] = Registry("pipeline class", group="igmu.pipelines")
 # Config keys that say where or with which library version a file was written, not what it is.
 _VOLATILE_KEYS = {"transformers_version", "torch_dtype", "dtype", "name_or_path"}
 
@@ -30,26 +32,12 @@ PIPELINE_DIRECTIONS = (
 )
 
 
-# igmu's own pipeline classes, imported when a folder names them.
-_IGMU_PIPELINES = {"MiniWorldPipeline": "igmu.miniworld.pipeline"}
-
-
 def pipeline_class(location: str | Path) -> Any:
-    """The class that loads the pipeline folder: a registered one, igmu's own, or diffusers'."""
-    import importlib
-
+    """The class that loads the pipeline folder: a registered one, else diffusers' own."""
     diffusers = _import_diffusers()
     index = json.loads((Path(location) / "model_index.json").read_text(encoding="utf-8"))
     name = str(index.get("_class_name"))
-    if name not in PIPELINE_CLASSES and name in _IGMU_PIPELINES:
-        importlib.import_module(_IGMU_PIPELINES[name])
-    return PIPELINE_CLASSES.get(name, diffusers.DiffusionPipeline)
-
-
-def register_pipeline_class(cls: type) -> type:
-    """Let pipeline folders whose model_index.json names ``cls.__name__`` load with ``cls``."""
-    PIPELINE_CLASSES[cls.__name__] = cls
-    return cls
+    return PIPELINE_CLASSES.get(name) if name in PIPELINE_CLASSES else diffusers.DiffusionPipeline
 
 
 def _import_diffusers() -> Any:

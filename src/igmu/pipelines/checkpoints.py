@@ -10,7 +10,7 @@
   ``text_encoder.`` / ``text_encoder_2.``, nesting allowed: ``{"unet": {...}}``).
 - ``lora``: LoRA weights through diffusers' ``load_lora_weights`` (diffusers/peft keys, kohya/
   SD-webui keys as SPM writes them), fused into the weights at ``lora_scale``.
-- ``adapter``: modules added to the network (`igmu.generation.adapters`).
+- ``adapter``: modules added to the network (`igmu.pipelines.adapters`).
 
 Files load through safetensors or ``torch.load(weights_only=True)``; a key that is not
 understood is an error that lists it (`ConfigError`), never silently dropped.
@@ -82,7 +82,7 @@ def apply_weights(pipeline: Any, role: str, path: str, where: str, lora_scale: f
     elif role == "lora":
         apply_lora(pipeline, Path(path), where, lora_scale)
     elif role == "adapter":
-        from igmu.generation.adapters import apply_adapter
+        from igmu.pipelines.adapters import apply_adapter
 
         apply_adapter(pipeline, Path(path), where)
     else:
