@@ -115,8 +115,8 @@ def main() -> int:
     # The biased judge: threshold at the --miss quantile of P(concept) on val concept images.
     from igmu.backbones.clip import ClipBackbone
     from igmu.dataset.dataigm import read_dataigm
-    from igmu.dataset.features import clip_features
     from igmu.detectors.clip_head import ClipHeadDetector
+    from igmu.workflows.features import clip_features
 
     dataset = read_dataigm(data)
     backbone = ClipBackbone.from_reference(card["backbone"]["reference"], "CLIP", "backbone")

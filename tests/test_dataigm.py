@@ -83,18 +83,18 @@ def test_disagreements_are_listed_not_dropped(tmp_path: Path) -> None:
 
 def test_trained_head_card_and_determinism(chain: dict, tmp_path: Path) -> None:
     from igmu.backbones.clip import ClipBackbone
-    from igmu.dataset.train_head import TrainOptions, train_head
-    from igmu.detectors.head_card import shipped_clip
+    from igmu.miniworld.shipped import shipped_models
+    from igmu.workflows.train_head import TrainOptions, train_head
 
     folder = chain["root"] / "det" / "cross"
     card = read_json(folder / "detector.json")
     data = read_dataigm(chain["root"] / "data")
     assert card["classes"] == ["other", "cross"] and card["concept_index"] == 1
     assert card["data"]["manifest_sha256"] == data.fingerprint()
-    assert card["backbone"]["reference"] == str(shipped_clip())
+    assert card["backbone"]["reference"] == str(shipped_models()[1])
     assert card["metrics"]["test"]["accuracy"]["value"] >= 0.95
     assert card["threshold"] == 0.5 and card["training"]["best_epoch"] >= 1
-    backbone = ClipBackbone.from_reference(str(shipped_clip()), "CLIP", "clip_detector")
+    backbone = ClipBackbone.from_reference(str(shipped_models()[1]), "CLIP", "clip_detector")
     again = train_head(data, tmp_path / "again", backbone, chain["root"] / "ws" / "igmu.sqlite",
                        TrainOptions(progress=False, name="cross"))
     assert again["head_sha256"] == card["head_sha256"]  # same data, seed, backbone: same bytes
@@ -247,7 +247,7 @@ def test_import_igmu_training_folders(shared_igmu: Path, tmp_path: Path) -> None
 def test_build_with_the_miniworld_model_resumes(tmp_path: Path, torch_one_thread) -> None:
     """The shipped text-to-image model through the generation cache; a rerun generates nothing
     and writes the same manifest."""
-    from igmu.dataset.build import BuildOptions, build_dataset
+    from igmu.workflows.dataigm_build import BuildOptions, build_dataset
 
     task = load_task("mini_object")
     options = BuildOptions(max_prompts_per_class=1, progress=False,
@@ -300,7 +300,7 @@ def igmu_head_layout():
 
 @pytest.fixture(scope="module")
 def head_512(chain: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from igmu.dataset.train_head import TrainOptions, train_head
+    from igmu.workflows.train_head import TrainOptions, train_head
 
     out = tmp_path_factory.mktemp("head512") / "cross512"
     train_head(read_dataigm(chain["root"] / "data"), out, FakeClip(),

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from igmu.backbones.config import DEFAULTS, ModelsConfig
+from igmu.backbones.config import ModelsConfig, all_defaults
 from igmu.core.errors import ConfigError
 from igmu.detectors.base import build_detector
 from igmu.miniworld import judge_detector  # noqa: F401  (registers mini_judge)
@@ -28,7 +28,7 @@ FRESH_SEED = 20261128  # not a training seed: scenes the judges never saw
 
 
 def models_config(judges: str | None = None) -> ModelsConfig:
-    return ModelsConfig({**DEFAULTS, "miniworld": {"judges": judges}}, "(test)")
+    return ModelsConfig({**all_defaults(), "miniworld": {"judges": judges}}, "(test)")
 
 
 @pytest.fixture(scope="module")

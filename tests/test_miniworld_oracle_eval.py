@@ -125,8 +125,9 @@ def test_oracle_eraser_and_noop(task_name: str, world_models: Path, tmp_path: Pa
 
 def test_fid_world_refuses_prompts_the_world_cannot_draw() -> None:
     from igmu.core.errors import ConfigError
-    from igmu.metrics.fid_world import ground_truth_image
+    from igmu.worlds import get_world
 
-    assert ground_truth_image("a red cross on a grey background", 3).shape == (32, 32, 3)
-    with pytest.raises(ConfigError, match="fid_world needs MiniWorld prompts"):
-        ground_truth_image("a photo of a church", 0)
+    world = get_world("miniworld")
+    assert world.true_images(["a red cross on a grey background"], [3])[0].shape == (32, 32, 3)
+    with pytest.raises(ConfigError, match="only MiniWorld prompts have a true image"):
+        world.true_images(["a photo of a church"], [0])

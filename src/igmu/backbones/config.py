@@ -29,8 +29,6 @@ DEFAULTS: dict[str, Any] = {
     "detectors": {},
     # Person detector for subject retention: yolo (ultralytics) or hog (OpenCV, offline fallback).
     "person": {"kind": "hog"},
-    # The MiniWorld's judges (null = the ones shipped with igmu).
-    "miniworld": {"judges": None},
     # `igmu generate`: the original model (ORG, a diffusers pipeline folder or hub id) and the
     # sampling settings every method is generated with.
     "generator": {
@@ -47,20 +45,43 @@ DEFAULTS: dict[str, Any] = {
     # task's concept as negative prompt) unless named here. See igmu.pipelines.sources.
     "methods": {},
 }
-FIELDS = tuple(DEFAULTS)
 # Fields of a `methods` entry that name weights, in the order the loader applies them
 # (igmu.pipelines.sources), and every field an entry may have.
 WEIGHT_FIELDS = ("checkpoint", "unet", "text_encoder", "text_encoder_2", "weights", "lora",
                  "adapter")
 LIST_FIELDS = ("weights", "lora", "adapter")
 ENTRY_FIELDS = ("base", "model", *WEIGHT_FIELDS, "lora_scale", "negative_prompt")
-# miniworld = the MiniWorld judges' features (the world's own FID/LPIPS feature extractor).
-FID_KINDS = ("inception", "clip", "miniworld")
+# FID features: these, or a world's own (its name: igmu.worlds).
+FID_KINDS = ("inception", "clip")
+
+
+def world_fields() -> tuple[dict[str, Any], dict[str, tuple[str, ...]]]:
+    """(defaults, path keys) of the models-file fields the registered worlds add."""
+    from igmu.worlds import WORLDS
+
+    defaults: dict[str, Any] = {}
+    paths: dict[str, tuple[str, ...]] = {}
+    for name in WORLDS.names():
+        world = WORLDS.get(name)
+        defaults.update(world.models_fields)
+        paths.update(world.path_fields)
+    return defaults, paths
+
+
+def all_defaults() -> dict[str, Any]:
+    """Every models-file field with its default: igmu's and the worlds'."""
+    return {**DEFAULTS, **world_fields()[0]}
+
+
+def world_names() -> list[str]:
+    from igmu.worlds import WORLDS
+
+    return WORLDS.names()
 
 
 @dataclass(frozen=True)
 class ModelsConfig:
-    values: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+    values: dict[str, Any] = field(default_factory=all_defaults)
     source: str = "(built-in defaults)"
 
     def get(self, name: str) -> Any:
@@ -76,7 +97,6 @@ PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "lpips": ("backbone_weights",),
     "heads": ("*", "*.path"),
     "person": ("weights",),
-    "miniworld": ("judges",),
     "generator": ("model",),
     "methods": ("*", "*.model", "*.base", "*.checkpoint", "*.unet", "*.text_encoder",
                 "*.text_encoder_2", "*.weights", "*.lora", "*.adapter"),
@@ -101,7 +121,7 @@ def resolve_path(value: str, base: Path) -> str:
 
 
 def _absolute(field: str, value: Any, base: Path) -> Any:
-    keys = PATH_FIELDS.get(field, ())
+    keys = PATH_FIELDS.get(field) or world_fields()[1].get(field, ())
     if isinstance(value, str):
         return resolve_path(value, base) if "" in keys or "*" in keys else value
     if not isinstance(value, dict):
@@ -128,12 +148,12 @@ def _absolute(field: str, value: Any, base: Path) -> Any:
 def default_models_config(task: Any = None) -> ModelsConfig:
     """The models a command uses without --models: a task's own world's when it has one (the
     MiniWorld ships its models), else the defaults above (Hugging Face ids)."""
-    if task is not None and getattr(task, "world", None) == "miniworld":
-        from igmu.miniworld.shipped import world_models
+    from igmu.worlds import world_of
 
-        values = world_models(task_name=task.name)
-        return ModelsConfig(_validated(values, "(the MiniWorld's shipped models)"),
-                            "(the MiniWorld's shipped models)")
+    world = world_of(task) if task is not None else None
+    if world is not None:
+        source = f"(the {world.name} world's shipped models)"
+        return ModelsConfig(_validated(world.models(task.name), source), source)
     return ModelsConfig()
 
 
@@ -150,10 +170,11 @@ def load_models_config(path: str | Path | None, task: Any = None) -> ModelsConfi
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a models file must be a mapping of role -> model")
+    defaults = all_defaults()
     for key, value in raw.items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"{path}: unknown field {key!r}.{did_you_mean(key, list(FIELDS))}")
-        expected = type(DEFAULTS[key])
+        if key not in defaults:
+            raise ConfigError(f"{path}: unknown field {key!r}.{did_you_mean(key, list(defaults))}")
+        expected = type(defaults[key])
         if not isinstance(value, expected):
             raise ConfigError(
                 f"{path}: field {key!r} must be {expected.__name__}, got {type(value).__name__}"
@@ -165,11 +186,12 @@ def load_models_config(path: str | Path | None, task: Any = None) -> ModelsConfi
 def _validated(given: dict[str, Any], source: str) -> dict[str, Any]:
     """Defaults overlaid with ``given`` (already checked for unknown fields), validated."""
     path = source
-    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in all_defaults().items()}
     values.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in given.items()})
     fid_kind = values["fid"].get("kind")
-    if fid_kind not in FID_KINDS:
-        raise ConfigError(f"{path}: field 'fid.kind' must be one of {FID_KINDS}, got {fid_kind!r}")
+    kinds = (*FID_KINDS, *world_names())
+    if fid_kind not in kinds:
+        raise ConfigError(f"{path}: field 'fid.kind' must be one of {kinds}, got {fid_kind!r}")
     person_kind = values["person"].get("kind")
     if person_kind not in ("yolo", "hog"):
         raise ConfigError(

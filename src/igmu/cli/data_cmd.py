@@ -130,9 +130,9 @@ def _list(value: str | None) -> list[str] | None:
 def run_build(args: argparse.Namespace) -> int:
     from igmu.backbones.config import load_models_config
     from igmu.core.errors import ConfigError
-    from igmu.dataset.build import BuildOptions, build_dataset
     from igmu.dataset.dataigm import parse_fractions
     from igmu.tasks import load_task
+    from igmu.workflows.dataigm_build import BuildOptions, build_dataset
 
     if args.images_per_prompt < 1:
         raise ConfigError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")

@@ -117,7 +117,7 @@ def _models_for(data_card: dict, models_path: Path | None):
 def run_train(args: argparse.Namespace) -> int:
     from igmu.backbones.clip import ClipBackbone
     from igmu.dataset.dataigm import read_dataigm
-    from igmu.dataset.train_head import TrainOptions, train_head
+    from igmu.workflows.train_head import TrainOptions, train_head
 
     data = read_dataigm(args.data, verify=True)
     reference = args.backbone or _models_for(data.card, args.models).get("clip_detector")
@@ -156,10 +156,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     from igmu.dataset.dataigm import read_dataigm
-    from igmu.detectors.audit import AuditOptions, audit_detector, write_audit
-    from igmu.detectors.audit_store import save_audit
     from igmu.detectors.base import build_detector
     from igmu.detectors.head_card import is_head_folder
+    from igmu.store.audits import save_audit
+    from igmu.workflows.audit import AuditOptions, audit_detector, write_audit
 
     data = read_dataigm(args.data, verify=True)
     spec = args.detector

@@ -45,17 +45,18 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_show(args: argparse.Namespace) -> int:
     import yaml
 
-    from igmu.backbones.config import DEFAULTS
+    from igmu.backbones.config import all_defaults
 
     if args.world:
-        from igmu.miniworld.shipped import world_models
+        from igmu.worlds import get_world
 
-        print("# The MiniWorld's models file: what mini_* tasks use without --models.")
+        world = get_world("miniworld" if args.world == "mini" else args.world)
+        print(f"# The {world.name} world's models file: what its tasks use without --models.")
         print("# Add unlearned models under 'methods' (paths are relative to this file).")
-        print(yaml.safe_dump(world_models(task_name=args.task), sort_keys=False).rstrip())
+        print(yaml.safe_dump(world.models(args.task), sort_keys=False).rstrip())
         return 0
     print("# Default models file (copy, edit, pass with --models FILE)")
-    print(yaml.safe_dump(DEFAULTS, sort_keys=False).rstrip())
+    print(yaml.safe_dump(all_defaults(), sort_keys=False).rstrip())
     return 0
 
 

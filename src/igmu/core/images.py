@@ -106,3 +106,12 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def pixels_sha256(image: np.ndarray) -> str:
+    """A key for an image that has no file (a world's true image): the hash of its shape,
+    type and pixels, prefixed so it never equals a file's sha256."""
+    array = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f"{array.shape}|{array.dtype}|".encode())
+    digest.update(array.tobytes())
+    return f"pixels:{digest.hexdigest()}"

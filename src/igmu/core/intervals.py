@@ -40,7 +40,10 @@ def wilson(p: float, n: float) -> tuple[float, float]:
     z2 = Z * Z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+    # At p = 0 (1) the lower (upper) bound is exactly 0 (1); floating point misses it by ~1e-16.
+    low = 0.0 if p <= 0 else max(0.0, float(centre - half))
+    high = 1.0 if p >= 1 else min(1.0, float(centre + half))
+    return low, high
 
 
 def wilson_interval(successes: int, total: int) -> tuple[float, float]:

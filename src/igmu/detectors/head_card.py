@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from igmu.core.errors import ConfigError, ModelNotFoundError
+from igmu.core.errors import ConfigError, IGMUError, ModelNotFoundError
 
 CARD = "detector.json"
 HEAD_FILE = "head.safetensors"
@@ -44,20 +44,31 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     return card
 
 
-def shipped_clip() -> Path:
-    return Path(__file__).resolve().parents[1] / "miniworld" / "weights" / "clip"
+def shipped_clips() -> list[str]:
+    """The CLIPs the registered worlds ship (the MiniWorld's), as their models files name them."""
+    from igmu.worlds import WORLDS
+
+    found = []
+    for name in WORLDS.names():
+        try:
+            clip = WORLDS.get(name).models().get("clip_detector")
+        except IGMUError:  # a world whose models are not installed
+            continue
+        if isinstance(clip, str):
+            found.append(clip)
+    return found
 
 
 def card_backbone(card: dict[str, Any], folder: str | Path, device: str = "cpu"):
     """The CLIP the head was trained on: the card's reference, else its resolved location, else
-    igmu's shipped MiniWorld CLIP; each only if its weights hash is the card's."""
+    a CLIP a world ships (the MiniWorld's); each only if its weights hash is the card's."""
     from igmu.backbones.clip import ClipBackbone
     from igmu.backbones.resolve import resolve_pretrained
 
     info = card.get("backbone") or {}
     want = info.get("weights_sha256")
     tried = []
-    for candidate in (info.get("reference"), info.get("location"), str(shipped_clip())):
+    for candidate in (info.get("reference"), info.get("location"), *shipped_clips()):
         if not candidate or candidate in tried:
             continue
         tried.append(candidate)

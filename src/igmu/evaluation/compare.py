@@ -4,7 +4,7 @@ Per-image metrics: the difference of the two methods' values on the same key (pr
 class, prompt, seed), averaged as the metric averages (per class first where it does), with a
 cluster-robust t interval over prompts. Whole-set metrics (FID): the difference of the two FIDs
 against the same reference rows, bootstrapping prompts jointly for all three sides, from the
-features cached in the store (``fid_world``'s reference images are re-rendered).
+features the evaluation kept in the store (a world's true images' too).
 """
 
 from __future__ import annotations
@@ -83,19 +83,6 @@ def _features(store: Store, backbone: str, shas: list[str]) -> dict[str, np.ndar
     return store.get_features(backbone, shas)
 
 
-def _rendered_truth(sample: Sample, backbone_key: str) -> np.ndarray | None:
-    """fid_world's reference: the MiniWorld renderer's image of the prompt and seed, through
-    the shipped judge features (only if they are the ones the run used)."""
-    from igmu.metrics.fid_world import ground_truth_image
-    from igmu.miniworld.judge_detector import load_judges
-    from igmu.miniworld.judges import JudgeFeatures, default_judge_dir
-
-    features = JudgeFeatures(load_judges(str(default_judge_dir())))
-    if features.fingerprint != backbone_key:
-        return None
-    return features.image_embeddings([ground_truth_image(sample.prompt, sample.key.seed)])[0]
-
-
 def _whole_set(run: StoredRun, metric: str, a: str, b: str, store: Store) -> Difference | None:
     left, right = _by_key(run.samples_of(a, metric)), _by_key(run.samples_of(b, metric))
     keys = sorted(set(left) & set(right))
@@ -118,15 +105,9 @@ def _whole_set(run: StoredRun, metric: str, a: str, b: str, store: Store) -> Dif
     cached = _features(store, backbone, shas + [s for s in reference_shas if s])
     if any(s not in cached for s in shas):
         return unavailable("features of some images are no longer in the store")
-    if all(reference_shas) and all(s in cached for s in reference_shas):
-        reference = np.stack([cached[s] for s in reference_shas])
-    elif left[keys[0]].extra.get("reference") == "renderer":
-        rendered = [_rendered_truth(left[k], backbone) for k in keys]
-        if any(r is None for r in rendered):
-            return unavailable("the run's features are not the shipped MiniWorld judges'")
-        reference = np.stack(rendered)
-    else:
+    if not (all(reference_shas) and all(s in cached for s in reference_shas)):
         return unavailable("the reference images' features are not in the store")
+    reference = np.stack([cached[s] for s in reference_shas])
     first = np.stack([cached[left[k].sha256] for k in keys])
     second = np.stack([cached[right[k].sha256] for k in keys])
     clusters = [prompt_of(left[k].record) for k in keys]

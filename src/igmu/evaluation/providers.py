@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from igmu.backbones.clip import ClipBackbone
-from igmu.backbones.config import ModelsConfig
+from igmu.backbones.config import ModelsConfig, world_names
 from igmu.core.errors import ConfigError
 from igmu.detectors.base import build_detector
+from igmu.worlds import get_world
 
 
 class Providers:
@@ -77,8 +78,8 @@ class Providers:
     def fid(self) -> Any:
         def build() -> Any:
             config = self.models.get("fid")
-            if config.get("kind") == "miniworld":
-                return self.miniworld_features()
+            if config.get("kind") in world_names():
+                return self.world_features(config["kind"])
             if config.get("kind") == "clip":
                 if not config.get("model"):
                     return self.clip("clip_detector", "FID feature extractor (CLIP)")
@@ -96,27 +97,20 @@ class Providers:
             from igmu.backbones.lpips_net import LpipsBackbone
 
             config = self.models.get("lpips")
-            if config.get("net") == "miniworld":
-                return self.miniworld_features()
+            if config.get("net") in world_names():
+                return self.world_features(config["net"])
             return LpipsBackbone(
                 config.get("net", "alex"), config.get("backbone_weights"), self.device
             )
 
         return self._once("lpips", build)
 
-    def miniworld_features(self) -> Any:
-        """The MiniWorld judges' features (FID and LPIPS share one network, and the mini_judge
-        detectors the same loaded judge)."""
-
-        def build() -> Any:
-            from igmu.miniworld.judge_detector import load_judges, resolve_judges_dir
-            from igmu.miniworld.judges import JudgeFeatures
-
-            return JudgeFeatures(load_judges(resolve_judges_dir(self.models)))
-
-        if "miniworld_features" not in self._shared:  # described as fid / lpips, not twice
-            self._shared["miniworld_features"] = build()
-        return self._shared["miniworld_features"]
+    def world_features(self, world: str) -> Any:
+        """A world's own feature extractor (FID and LPIPS share one network, loaded once)."""
+        key = f"world_features:{world}"
+        if key not in self._shared:  # described as fid / lpips, not twice
+            self._shared[key] = get_world(world).features(self.models)
+        return self._shared[key]
 
     def describe(self) -> dict[str, Any]:
         described = {}

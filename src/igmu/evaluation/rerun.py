@@ -5,7 +5,7 @@ The request key names everything the results depend on, cheaply: igmu's version 
 versions of the packages that compute, the task file's content and the CatIGMU hierarchy's,
 the options, every image's path and file identity (size, modification and change times,
 inode: any write changes the change time) and the same file identity of every weights file or
-folder the models file names (and of the shipped MiniWorld weights). Anything that differs is a
+folder the models file names (and of the weights the worlds ship). Anything that differs is a
 miss, and the run is computed (its expensive parts still cached by content).
 """
 
@@ -63,7 +63,9 @@ def request_key(
     options: dict[str, Any], packages: tuple[str, ...],
 ) -> str:
     taxonomy = resources.files("igmu.taxonomy").joinpath("catigmu.yaml").read_bytes()
-    shipped = Path(str(resources.files("igmu.miniworld").joinpath("weights")))
+    from igmu.worlds import WORLDS
+
+    shipped = [p for name in WORLDS.names() for p in WORLDS.get(name).weight_paths()]
     payload = {
         "format": FORMAT,
         "igmu": igmu.__version__,
@@ -77,7 +79,7 @@ def request_key(
         "model_files": sorted(
             item for p in _paths_in(models_values) for item in _tree(Path(p))
         ),
-        "shipped": _tree(shipped),
+        "shipped": [item for path in shipped for item in _tree(Path(path))],
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

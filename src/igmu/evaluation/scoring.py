@@ -28,6 +28,7 @@ from igmu.evaluation.pairing import PairedSet
 from igmu.evaluation.providers import Providers
 from igmu.metrics.base import METRICS
 from igmu.store import Store
+from igmu.store.audits import find_audits
 from igmu.tasks.model import Task
 
 
@@ -53,6 +54,14 @@ class _Context:
 
     def pair_value(self, provider: Any, reference: ImageRecord, record: ImageRecord) -> float:
         return self._x.pairs[(provider.fingerprint, self.sha(reference), self.sha(record))]
+
+    def audits(self, fingerprint: str) -> list[dict[str, Any]]:
+        """The judge audits of a detector fingerprint in the workspace store, newest first."""
+        return find_audits(self.store_path, fingerprint)
+
+    def remember_features(self, provider: Any, vectors: dict[str, np.ndarray]) -> None:
+        """Keep features of images that are not files (a world's true images) in the store."""
+        self._x.store.put_features(provider_key(provider), vectors)
 
 
 def select_metrics(task: Task, requested: list[str] | None) -> list[str]:

@@ -15,12 +15,11 @@ audit on images like those evaluated (same generator family, same concept).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from igmu.core.audit_stats import rogan_gladen_interval
 from igmu.core.intervals import cluster_rate_interval
-from igmu.detectors.audit_store import detector_fingerprint, find_audits
+from igmu.detectors.fingerprint import detector_fingerprint
 from igmu.metrics.base import (
     METRICS,
     ImageNeed,
@@ -35,15 +34,6 @@ from igmu.metrics.base import (
 from igmu.metrics.residual_rate import SETS
 
 DRAWS = 4000
-
-
-def store_path_of(ctx: Any) -> Path | None:
-    """The workspace store of this evaluation.
-
-    (The engine's context names it; a context without a store has no audits.)
-    """
-    path = getattr(ctx, "store_path", None)
-    return Path(path) if path is not None else None
 
 
 class CorrectedResidualRate:
@@ -62,8 +52,8 @@ class CorrectedResidualRate:
         return detector_needs(self.detector, paired, self.prompt_set)
 
     def _find_audit(self, ctx: Any) -> dict[str, Any] | None:
-        store = store_path_of(ctx)
-        audits = find_audits(store, self.fingerprint) if store else []
+        store = getattr(ctx, "store_path", None)
+        audits = ctx.audits(self.fingerprint) if store else []
         if not audits:
             self.notes.append(
                 f"{self.name}: no audit of detector {self.detector.name} (fingerprint "

@@ -1,13 +1,14 @@
 """fid_world: Fréchet distance between a method's images and the world's ground truth.
 
-Where a renderer draws the exact image a prompt describes (the MiniWorld), image quality can be
-measured as the paper measures it on real photographs: FID against real images of the same
-prompts. Here the "real" image of each (prompt, seed) is the MiniWorld renderer's, so ORG gets a
-fidelity score too (its distance to the truth), unlike ``fid``, whose reference is ORG itself.
+Where a world has an oracle that draws the exact image a prompt describes (the MiniWorld's
+renderer), image quality can be measured as the paper measures it on real photographs: FID
+against real images of the same prompts. The "real" image of each (prompt, seed) is the world's
+(`igmu.worlds.World.true_images`), so ORG gets a fidelity score too (its distance to the truth),
+unlike ``fid``, whose reference is ORG itself.
 
 Computed on the ``unrelated`` prompts, which no method should change (aspect fidelity, lower is
-better), with the task's FID features. Prompts the MiniWorld cannot parse are an error, so the
-metric is listed only by MiniWorld tasks.
+better), with the task's FID features. The true images' features are kept in the store under
+``reference_sha256`` (a hash of their pixels), so a paired comparison reads them back.
 """
 
 from __future__ import annotations
@@ -16,22 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from igmu.core.errors import ConfigError
+from igmu.core.images import pixels_sha256
 from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, requires
 from igmu.metrics.fid import frechet_result
+from igmu.worlds import world_of
 
 PROMPT_SET = "unrelated"
-
-
-def ground_truth_image(prompt: str, seed: int) -> np.ndarray:
-    from igmu.miniworld.oracle import oracle_image, parse_caption
-
-    if "shape" not in parse_caption(prompt):
-        raise ConfigError(
-            f"metric fid_world: {prompt!r} names no MiniWorld shape; fid_world needs MiniWorld "
-            "prompts (remove it from the task's guidance.metrics)"
-        )
-    return oracle_image(prompt, seed)
 
 
 class FidWorld:
@@ -39,8 +30,9 @@ class FidWorld:
     aspect = "fidelity"
     higher_is_better = False
 
-    def __init__(self, backbone: Any) -> None:
+    def __init__(self, backbone: Any, world: Any) -> None:
         self.backbone = backbone
+        self.world = world
 
     def needs(self, paired: Any) -> list[ImageNeed]:
         return [
@@ -51,13 +43,15 @@ class FidWorld:
 
     def compute(self, ctx: Any) -> list[MetricResult]:
         truth: dict[tuple[str, int], np.ndarray] = {}
+        keys: dict[tuple[str, int], str] = {}
         per_method = {m: ctx.paired.records(m, PROMPT_SET) for m in ctx.paired.methods}
         wanted = sorted({(r.prompt, r.key.seed) for recs in per_method.values() for r in recs})
         if wanted:
-            features = self.backbone.image_embeddings(
-                [ground_truth_image(p, s) for p, s in wanted]
-            )
+            images = self.world.true_images([p for p, _ in wanted], [s for _, s in wanted])
+            features = self.backbone.image_embeddings(images)
             truth = dict(zip(wanted, features, strict=True))
+            keys = {w: pixels_sha256(image) for w, image in zip(wanted, images, strict=True)}
+            ctx.remember_features(self.backbone, {keys[w]: truth[w] for w in wanted})
         results = []
         for method, records in per_method.items():
             if len(records) < 2:
@@ -66,7 +60,8 @@ class FidWorld:
             own = np.stack([ctx.embedding(self.backbone, r) for r in records])
             samples = [
                 Sample(method, r, float("nan"), {
-                    "whole_set": True, "reference": "renderer",
+                    "whole_set": True, "reference": "world",
+                    "reference_sha256": keys[(r.prompt, r.key.seed)],
                     "features": self.backbone.fingerprint,
                 })
                 for r in records
@@ -76,8 +71,12 @@ class FidWorld:
 
 
 @METRICS.register("fid_world")
-@requires("at least 2 images per method on the unrelated prompts of a MiniWorld task")
+@requires("a task of a world with an oracle (the MiniWorld) and at least 2 images per method "
+          "on its unrelated prompts")
 def build(task: Any, providers: Any, paired: Any) -> list[FidWorld]:
+    world = world_of(task)
+    if world is None or not world.has_oracle:
+        return []
     if not any(len(paired.records(m, PROMPT_SET)) >= 2 for m in paired.methods):
         return []
-    return [FidWorld(providers.fid())]
+    return [FidWorld(providers.fid(), world)]

@@ -14,10 +14,13 @@ import numpy as np
 from igmu.core.errors import ConfigError
 from igmu.core.records import AGGREGATE_COLUMNS, SAMPLE_COLUMNS, Aggregate, Sample
 
-SCHEMA_VERSION = 2
-# How a store of an older schema becomes the current one (caches stay valid).
+SCHEMA_VERSION = 3
+# How a store of an older schema becomes the current one (caches stay valid). Version 3 adds
+# the audits table (older igmu created it outside the schema; the same definition) and the
+# comparisons of each run.
 MIGRATIONS = {
     1: "ALTER TABLE aggregates ADD COLUMN prompts INTEGER NOT NULL DEFAULT 0",
+    2: "SELECT 1",  # the new tables are created by SCHEMA below
 }
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,6 +58,12 @@ CREATE TABLE IF NOT EXISTS pair_scores (
     metric TEXT NOT NULL, sha_a TEXT NOT NULL, sha_b TEXT NOT NULL, value REAL NOT NULL,
     PRIMARY KEY (metric, sha_a, sha_b)
 );
+CREATE TABLE IF NOT EXISTS audits (
+    audit_id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, detector TEXT NOT NULL,
+    data_sha256 TEXT NOT NULL, split TEXT NOT NULL, created_at REAL NOT NULL,
+    audit_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audits_by_fingerprint ON audits (fingerprint, created_at);
 """
 
 

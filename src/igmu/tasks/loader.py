@@ -16,6 +16,7 @@ from igmu.tasks.model import PROMPT_SET_KINDS, PromptSet, Task, UnlearningPrompt
 from igmu.tasks.stripping import concept_words_in, strip_concept
 from igmu.taxonomy import load_taxonomy
 from igmu.taxonomy.tree import merge_guidance, validate_guidance
+from igmu.worlds import WORLDS
 
 SCHEMA = "igmu.task/1"
 TOP_LEVEL_FIELDS = {
@@ -32,8 +33,6 @@ TOP_LEVEL_FIELDS = {
     "unlearning",
     "world",
 }
-# Worlds whose models ship with igmu: a task of such a world needs no models file.
-WORLDS = ("miniworld",)
 MIN_FORGET_PROMPTS_PER_CLASS = 1
 
 
@@ -210,8 +209,8 @@ def parse_task(text: str, source: str) -> Task:
     world = raw.get("world")
     if world is not None and world not in WORLDS:
         raise ConfigError(
-            f"{source}: field 'world' is {world!r}; known worlds: {', '.join(WORLDS)}"
-            f"{did_you_mean(str(world), list(WORLDS))}"
+            f"{source}: field 'world' is {world!r}, not a registered world."
+            f"{did_you_mean(str(world), WORLDS.names())}"
         )
     return Task(
         name=name,

@@ -70,8 +70,8 @@ def train_head(
     from safetensors.torch import save_file
     from torch import nn
 
-    from igmu.dataset.features import clip_features
     from igmu.detectors.clip_head import build_head
+    from igmu.workflows.features import clip_features
 
     splits = data.splits()
     for needed in ("train", "val"):

@@ -23,7 +23,7 @@ import igmu
 from igmu.core import audit_stats as S
 from igmu.core.errors import ConfigError
 from igmu.dataset.dataigm import DataIGM
-from igmu.detectors.audit_store import detector_fingerprint, detector_settings_of
+from igmu.detectors.fingerprint import detector_fingerprint, detector_settings_of
 
 AUDIT_SCHEMA = "igmu.audit/1"
 SWEEP = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))
@@ -242,7 +242,7 @@ def audit_detector(
 
 
 def write_audit(audit: dict[str, Any], out: Path) -> Path:
-    from igmu.detectors.audit_page import render_audit_html
+    from igmu.report.audit_page import render_audit_html
 
     out.mkdir(parents=True, exist_ok=True)
     target = out / "audit.json"

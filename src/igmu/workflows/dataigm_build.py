@@ -29,9 +29,9 @@ from igmu.core.errors import ConfigError, IGMUError
 from igmu.core.images import file_sha256
 from igmu.dataset import dataigm as D
 from igmu.tasks.model import Task
+from igmu.worlds import world_of
 
 CACHE = ".generation"
-ORACLE_MODEL = "miniworld-oracle"
 
 
 @dataclass
@@ -79,22 +79,23 @@ def prompt_design(task: Task) -> tuple[list[str], list[str], str]:
 
 
 class OracleGenerator:
-    """The MiniWorld renderer as a text-to-image model: each caption drawn exactly."""
+    """A world's oracle as a text-to-image model: each caption drawn exactly."""
 
     batch_invariant = True
 
+    def __init__(self, world: Any) -> None:
+        self.world = world
+
+    @property
+    def model(self) -> str:
+        return f"{self.world.name}-oracle"
+
     @property
     def fingerprint(self) -> str:
-        from igmu.miniworld.world import WORLD_VERSION
-
-        return f"{ORACLE_MODEL}:world-v{WORLD_VERSION}"
+        return f"{self.model}:world-v{self.world.version}"
 
     def generate(self, prompts: list[str], seeds: list[int], settings: Any) -> list[np.ndarray]:
-        from igmu.miniworld.oracle import oracle_image
-
-        return [
-            oracle_image(p, s, size=settings.height) for p, s in zip(prompts, seeds, strict=True)
-        ]
+        return self.world.true_images(list(prompts), list(seeds), size=settings.height)
 
 
 def _groups(task: Task, jobs: list[dict[str, Any]], paired: bool) -> dict[tuple, tuple]:
@@ -221,19 +222,21 @@ def build_dataset(
     options = options or BuildOptions()
     out = Path(out)
     positive, negative, rule = prompt_design(task)
-    is_mini = task.world == "miniworld"
-    if options.oracle and not is_mini:
+    world = world_of(task)
+    if options.oracle and (world is None or not world.has_oracle):
         raise ConfigError(
-            f"--oracle draws MiniWorld captions; task {task.name!r} is not a mini task"
+            f"--oracle draws with a world's oracle (the MiniWorld's renderer); task "
+            f"{task.name!r} belongs to no world that has one"
         )
     if models is None:
-        models = load_models_config(None, task)  # a MiniWorld task: the world's own models
+        models = load_models_config(None, task)  # a world's task: the world's own models
     if options.oracle:
+        oracle = OracleGenerator(world)
         models = ModelsConfig(
-            {**models.values, "generator": {**models.get("generator"), "model": ORACLE_MODEL}},
+            {**models.values, "generator": {**models.get("generator"), "model": oracle.model}},
             models.source + " (oracle generator)",
         )
-        factory = factory or (lambda model, field: OracleGenerator())
+        factory = factory or (lambda model, field: oracle)
     classes = D.class_names(task.concept_name)
     previous = _previous_paths(out)
     result = generate(
