@@ -326,7 +326,8 @@ def test_cli_modes_and_defaults(reference_run: Path, sd_models: Path, tmp_path: 
     mode gives other keys (the batch is in them) but the same number of images; the CLI's
     spelled defaults are the engine's."""
     from igmu.cli import generate_cmd
-    from igmu.generation import engine, pipelines
+    from igmu.generation import engine
+    from igmu.pipelines import load as pipelines
 
     assert generate_cmd.DEFAULT_BATCH_SIZE == engine.DEFAULT_BATCH_SIZE
     assert generate_cmd.DTYPES == pipelines.DTYPES and generate_cmd.BACKENDS == engine.BACKENDS

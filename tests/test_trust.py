@@ -16,6 +16,7 @@ from igmu.core.errors import ConfigError
 from igmu.dataset.layouts import read_manifest
 from igmu.report.data import is_sensitive
 from igmu.store import Store
+from igmu.store.sqlite import SCHEMA_VERSION
 from igmu.tasks import load_task
 from test_bad_input import GOOD_ROW, cli, cli_fails, evaluate_args
 
@@ -143,7 +144,7 @@ def test_store_refuses_another_schema_and_migrates_the_previous(tmp_path: Path) 
     assert store.counts()["features"] == 1
     store.close()
     with sqlite3.connect(old) as db:
-        assert db.execute("SELECT value FROM meta").fetchone()[0] == "2"
+        assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
 
 
 def test_rerun_refreshes_fingerprints(church_demo: Path, tiny_models: Path,

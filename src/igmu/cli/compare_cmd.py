@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             "direction": "higher" if d.higher_is_better else "lower",
             "a": _num(stored.aggregate(args.a, d.metric).value),
             "b": _num(stored.aggregate(args.b, d.metric).value),
-            "difference": _num(d.value), "ci_low": _num(d.low), "ci_high": _num(d.high),
+            "difference": _num(d.value), "ci_low": _num(d.ci_low), "ci_high": _num(d.ci_high),
             "pairs": str(d.n), "prompts": str(d.prompts), "verdict": verdict,
         })
     if not rows:

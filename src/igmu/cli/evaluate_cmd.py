@@ -165,12 +165,12 @@ def print_summary(run_dir: Path) -> None:
     """The verdict first, then the detailed table and the warnings, grouped by cause."""
     from igmu.report.data import load_report_data
     from igmu.report.leaderboard import grouped_warnings
-    from igmu.report.verdict import build_verdict
+    from igmu.report.verdict import stored_verdict
     from igmu.report.verdict_render import verdict_text
 
     data = load_report_data(run_dir)
     print(f"Verdict ({data.task}):")
-    print(verdict_text(build_verdict(data)))
+    print(verdict_text(stored_verdict(data)))
     print()
     print_table(data.aggregates)
     for cause, items in grouped_warnings(data).items():

@@ -70,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
 def markdown_report(data) -> str:
     """The verdict, then the detailed leaderboard, for one run."""
     from igmu.report.leaderboard import markdown_table
-    from igmu.report.verdict import build_verdict
+    from igmu.report.verdict import stored_verdict
     from igmu.report.verdict_render import verdict_markdown
 
     return (
-        f"## {data.task}\n\n### Verdict\n\n{verdict_markdown(build_verdict(data))}\n"
+        f"## {data.task}\n\n### Verdict\n\n{verdict_markdown(stored_verdict(data))}\n"
         f"### Leaderboard\n\n{markdown_table(data)}"
     )

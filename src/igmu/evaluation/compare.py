@@ -10,13 +10,12 @@ features the evaluation kept in the store (a world's true images' too).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from igmu.core import intervals as C
-from igmu.core.records import Sample
+from igmu.core.records import Comparison, Sample
 from igmu.metrics import functional as F
 from igmu.metrics.base import prompt_of
 from igmu.store.runs import StoredRun
@@ -25,41 +24,21 @@ from igmu.store.sqlite import Store
 FID_RESAMPLES = 200
 
 
-@dataclass(frozen=True)
-class Difference:
-    """value = metric(a) - metric(b) on the keys both have, with its 95% interval."""
-
-    metric: str
-    aspect: str
-    higher_is_better: bool
-    a: str
-    b: str
-    value: float
-    low: float
-    high: float
-    n: int  # keys (image pairs)
-    prompts: int
-    p_value: float = float("nan")
-    note: str = ""
-
-    @property
-    def significant(self) -> bool:
-        return math.isfinite(self.low) and (self.low > 0 or self.high < 0)
-
-    @property
-    def better(self) -> str | None:
-        """The method whose value is better by an interval that excludes no difference."""
-        if not self.significant:
-            return None
-        a_higher = self.low > 0
-        return self.a if a_higher == self.higher_is_better else self.b
+def difference(kind: str, metric: str, aspect: str, higher: bool, a: str, b: str,
+               test: Any = None, n: int = 0, prompts: int = 0, note: str = "") -> Comparison:
+    """metric(a) - metric(b) as a stored `Comparison` (NaN values where ``test`` is None)."""
+    nan = float("nan")
+    if test is None:
+        return Comparison(kind, a, b, metric, aspect, higher, n=n, prompts=prompts, note=note)
+    return Comparison(kind, a, b, metric, aspect, higher, test.estimate, test.low, test.high,
+                      n, prompts, test.p_value if test.p_value is not None else nan, note=note)
 
 
 def _by_key(samples: list[Sample]) -> dict[Any, Sample]:
     return {s.key: s for s in samples}
 
 
-def _per_image(run: StoredRun, metric: str, a: str, b: str) -> Difference | None:
+def _per_image(run: StoredRun, metric: str, a: str, b: str, kind: str) -> Comparison | None:
     left, right = _by_key(run.samples_of(a, metric)), _by_key(run.samples_of(b, metric))
     keys = sorted(
         k for k in set(left) & set(right)
@@ -73,36 +52,28 @@ def _per_image(run: StoredRun, metric: str, a: str, b: str) -> Difference | None
     strata = [left[k].extra.get("stratum") for k in keys]
     use_strata = all(s is not None for s in strata)
     test = C.cluster_mean_test(diffs, clusters, strata if use_strata else None)
-    return Difference(
-        metric, agg.aspect, agg.higher_is_better, a, b, test.estimate, test.low, test.high,
-        len(keys), len(set(clusters)), test.p_value,
-    )
+    return difference(kind, metric, agg.aspect, agg.higher_is_better, a, b, test, len(keys),
+                      len(set(clusters)))
 
 
-def _features(store: Store, backbone: str, shas: list[str]) -> dict[str, np.ndarray]:
-    return store.get_features(backbone, shas)
-
-
-def _whole_set(run: StoredRun, metric: str, a: str, b: str, store: Store) -> Difference | None:
+def _whole_set(run: StoredRun, metric: str, a: str, b: str, store: Store, kind: str
+               ) -> Comparison | None:
     left, right = _by_key(run.samples_of(a, metric)), _by_key(run.samples_of(b, metric))
     keys = sorted(set(left) & set(right))
     agg = run.aggregate(a, metric)
     if agg is None or len(keys) < 2:
         return None
     backbone = left[keys[0]].extra.get("features")
-    nan = float("nan")
 
-    def unavailable(note: str) -> Difference:
-        return Difference(
-            metric, agg.aspect, agg.higher_is_better, a, b, nan, nan, nan, len(keys), 0,
-            note=note,
-        )
+    def unavailable(note: str) -> Comparison:
+        return difference(kind, metric, agg.aspect, agg.higher_is_better, a, b, None,
+                          len(keys), 0, note)
 
     if not backbone:
         return unavailable("the run did not record which features this FID used")
     shas = [left[k].sha256 for k in keys] + [right[k].sha256 for k in keys]
     reference_shas = [left[k].extra.get("reference_sha256") for k in keys]
-    cached = _features(store, backbone, shas + [s for s in reference_shas if s])
+    cached = store.get_features(backbone, shas + [s for s in reference_shas if s])
     if any(s not in cached for s in shas):
         return unavailable("features of some images are no longer in the store")
     if not (all(reference_shas) and all(s in cached for s in reference_shas)):
@@ -115,32 +86,26 @@ def _whole_set(run: StoredRun, metric: str, a: str, b: str, store: Store) -> Dif
     test = F.paired_frechet_difference_test(
         reference, first, second, clusters, FID_RESAMPLES, seed
     )
-    return Difference(
-        metric, agg.aspect, agg.higher_is_better, a, b, test.estimate, test.low, test.high,
-        len(keys), len(set(clusters)), test.p_value,
-    )
+    return difference(kind, metric, agg.aspect, agg.higher_is_better, a, b, test, len(keys),
+                      len(set(clusters)))
 
 
 def paired_difference(
-    run: StoredRun, metric: str, a: str, b: str, store: Store | None = None
-) -> Difference | None:
-    """metric(a) - metric(b) paired by key, or None when the two share no scored key."""
+    run: StoredRun, metric: str, a: str, b: str, store: Store, kind: str = "pair"
+) -> Comparison | None:
+    """metric(a) - metric(b) paired by key, or None when the two share no scored key; a
+    whole-set metric reads the images' features from ``store``."""
     agg = run.aggregate(a, metric)
     if agg is None or run.aggregate(b, metric) is None:
         return None
     if agg.whole_set:
-        if store is None:
-            with_store = Store(run.store_path)
-            try:
-                return _whole_set(run, metric, a, b, with_store)
-            finally:
-                with_store.close()
-        return _whole_set(run, metric, a, b, store)
-    return _per_image(run, metric, a, b)
+        return _whole_set(run, metric, a, b, store, kind)
+    return _per_image(run, metric, a, b, kind)
 
 
-def compare_methods(run: StoredRun, a: str, b: str) -> list[Difference]:
-    """Every metric both methods have, in the run's aspect order."""
+def compare_methods(run: StoredRun, a: str, b: str) -> list[Comparison]:
+    """Every metric both methods have, in the run's aspect order; stored with the run (kind
+    ``pair``) for reports to read."""
     store = Store(run.store_path)
     try:
         found = []
@@ -148,6 +113,7 @@ def compare_methods(run: StoredRun, a: str, b: str) -> list[Difference]:
             diff = paired_difference(run, metric, a, b, store)
             if diff is not None:
                 found.append(diff)
+        store.put_comparisons(run.run_id, "pair", found)
         return found
     finally:
         store.close()

@@ -114,8 +114,10 @@ def evaluate(
     try:
         answered = store.answered(key)
         stored = store.run(answered[0]) if answered is not None else None
-        # A run whose recorded software differs from what is installed is computed again.
-        if stored is not None and stored["fingerprints"].get("packages") == packages:
+        # A run whose recorded software differs from what is installed is computed again, as
+        # is one stored without the comparisons its report shows (an older igmu's).
+        if (stored is not None and stored["fingerprints"].get("packages") == packages
+                and _has_comparisons(store, answered[0])):
             run_id, extra = answered
             run_dir.mkdir(parents=True, exist_ok=True)
             store.move_run(run_id, str(run_dir.resolve()))
@@ -135,3 +137,9 @@ def evaluate(
         store.close()
     return EvaluationResult(run_id, run_dir, store_path, aggregates, paired.left_out, decoded,
                             timings)
+
+
+def _has_comparisons(store: Store, run_id: str) -> bool:
+    """A run of several methods has its verdict stored (a run of one method has none)."""
+    methods = {a.method for a in store.aggregates(run_id)}
+    return len(methods) < 2 or bool(store.comparisons(run_id))

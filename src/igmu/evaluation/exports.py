@@ -9,25 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from igmu.core.files import write_atomic
-from igmu.core.records import ASPECTS, SAMPLE_COLUMNS
+from igmu.core.records import ASPECTS, METRICS_CSV, SAMPLES_CSV
 from igmu.store import Store
 from igmu.tasks.model import Task
 
-METRICS_COLUMNS = [
-    "task",
-    "method",
-    "aspect",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "n",
-    "prompts",
-    "higher_is_better",
-]
-# samples.csv: the store's sample columns with the task first, aspect before metric and the
-# extra fields as "extra".
-SAMPLES_COLUMNS = ["task", "method", "aspect", "metric", *SAMPLE_COLUMNS[3:-1], "extra"]
+# The CSV headers: the task, then the record columns each export shows (igmu.core.records);
+# samples.csv calls the extra fields "extra".
+METRICS_COLUMNS = ["task", *METRICS_CSV]
+SAMPLES_COLUMNS = ["task", *SAMPLES_CSV[:-1], "extra"]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _fmt(value)
 
 
 def _fmt(value: Any) -> str:
@@ -61,31 +56,16 @@ def write_exports(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(METRICS_COLUMNS)
     for a in aggregates:
-        writer.writerow(
-            [
-                task.name,
-                a.method,
-                a.aspect,
-                a.metric,
-                _fmt(a.value),
-                _fmt(a.ci_low),
-                _fmt(a.ci_high),
-                a.n,
-                a.prompts,
-                "true" if a.higher_is_better else "false",
-            ]
-        )
+        writer.writerow([task.name, *(_cell(getattr(a, name)) for name in METRICS_CSV)])
     write_atomic(run_dir / "metrics.csv", buffer.getvalue())
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(SAMPLES_COLUMNS)
     for s in store.samples(run_id):
-        row = dict(zip(SAMPLE_COLUMNS, s.row(), strict=True))
+        fields = s.fields()
         writer.writerow(
-            [task.name, s.method, s.aspect, s.metric]
-            + [_fmt(row[c]) for c in SAMPLES_COLUMNS[4:-1]]
-            + [row["extra_json"]]
+            [task.name, *(_fmt(fields[name]) for name in SAMPLES_CSV[:-1]), fields["extra_json"]]
         )
     write_atomic(run_dir / "samples.csv", buffer.getvalue())
 

@@ -26,9 +26,11 @@ from igmu.evaluation.executor import Executor, provider_key, text_key
 from igmu.evaluation.exports import write_exports
 from igmu.evaluation.pairing import PairedSet
 from igmu.evaluation.providers import Providers
+from igmu.evaluation.verdict import report_comparisons
 from igmu.metrics.base import METRICS
 from igmu.store import Store
 from igmu.store.audits import find_audits
+from igmu.store.runs import StoredRun
 from igmu.tasks.model import Task
 
 
@@ -164,10 +166,15 @@ def score(
     run_id = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     run_dir.mkdir(parents=True, exist_ok=True)
     aggregates = [r.aggregate for r in results]
+    samples = _stored_samples(results, executor)
+    with timings.stage("comparisons"):
+        run = StoredRun(run_dir, run_id, task.name, spec, fingerprints, {}, paired.left_out,
+                        aggregates, samples, store.path)
+        comparisons = report_comparisons(run, store)
     with timings.stage("write"):
         store.write_run(
             run_id, task.name, task.version, str(run_dir.resolve()), spec, fingerprints,
-            paired.left_out, _stored_samples(results, executor), aggregates,
+            paired.left_out, samples, aggregates, comparisons,
         )
         extra = {"not_computed": not_computed, "metric_notes": notes, "audits": audits,
                  "timings": timings.rounded(), "threads": chosen_threads()}

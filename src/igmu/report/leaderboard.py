@@ -20,38 +20,12 @@ def fmt(value: float | None) -> str:
     return f"{value:.3f}"
 
 
-def best_methods(data: ReportData, metric: str, higher: bool) -> set[str]:
-    """The unlearned method(s) with the best value, starred only when that is more than noise:
-    its paired difference against ORG excludes zero in the better direction, or, where ORG has
-    no value of its own (metrics measured against ORG), against the runner-up. ORG is never
-    ranked."""
-    from igmu.evaluation.compare import paired_difference
-
-    ref = data.reference_method
-    values = {
-        m: a.value
-        for m in data.methods
-        if m != ref and (a := data.aggregate(m, metric)) is not None and a.finite
-    }
-    if not values:
-        return set()
-    target = max(values.values()) if higher else min(values.values())
-    best = {m for m, v in values.items() if v == target}
-    reference = data.aggregate(ref, metric)
-    if reference is not None and reference.finite:
-        rivals = {m: ref for m in best}
-    else:
-        others = {m: v for m, v in values.items() if m not in best}
-        if not others:
-            return set()
-        runner = (max if higher else min)(others, key=lambda m: others[m])
-        rivals = {m: runner for m in best}
-    starred = set()
-    for method, rival in rivals.items():
-        diff = paired_difference(data, metric, method, rival)
-        if diff is not None and diff.better == method:
-            starred.add(method)
-    return starred
+def best_methods(data: ReportData, metric: str) -> set[str]:
+    """The unlearned method(s) with the best value, starred only when that is more than noise
+    (the evaluation's paired test against ORG or the runner-up, stored with the run: kind
+    ``best``, outcome ``better``). ORG is never ranked."""
+    return {c.method for c in data.comparisons
+            if c.kind == "best" and c.metric == metric and c.outcome == "better"}
 
 
 def sizes(agg: Aggregate) -> str:
@@ -110,7 +84,7 @@ def html_table(data: ReportData, prefix: str = "") -> str:
             for i, (m, h) in enumerate(columns)
         )
         # No star where the metric cannot inform a comparison at this size.
-        best = {m: set() if uninformative(data, m) else best_methods(data, m, h)
+        best = {m: set() if uninformative(data, m) else best_methods(data, m)
                 for m, h in columns}
         rows = []
         for method in data.methods:
@@ -163,7 +137,7 @@ def markdown_table(data: ReportData) -> str:
     columns = data.metrics()
     header = ["method"] + [f"{m} ({a}) {arrow(h)}" for a, m, h in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    best = {m: best_methods(data, m, h) for _, m, h in columns}
+    best = {m: best_methods(data, m) for _, m, _ in columns}
     for method in data.methods:
         cells = [_md_escape(method)]
         for _, metric, _ in columns:

@@ -12,7 +12,7 @@ from igmu.report.images import ImageBank, failures_html, grids_html
 from igmu.report.leaderboard import html_table, warnings_html
 from igmu.report.plots import plots_html
 from igmu.report.sections import audits_html, robustness_html
-from igmu.report.verdict import build_verdict
+from igmu.report.verdict import stored_verdict
 from igmu.report.verdict_render import verdict_html
 
 CSS = """
@@ -163,7 +163,7 @@ def _run_body(data: ReportData, bank: ImageBank, blur: bool, prefix: str, max_ro
             + "</div>"
         )
     sections = [
-        ("verdict", "Verdict", verdict_html(build_verdict(data))),
+        ("verdict", "Verdict", verdict_html(stored_verdict(data))),
         ("leaderboard", "Leaderboard",
          '<p class="note">value ★ = best unlearned method, where its paired difference with ORG '
          "(or with the runner-up, for metrics measured against ORG) excludes zero · [95% CI over "

@@ -8,6 +8,11 @@ from igmu.core.records import ASPECTS
 from igmu.report.leaderboard import fmt
 from igmu.report.verdict import Headline, Verdict, with_best_outcome
 
+NOT_STORED = (
+    "This run was evaluated by an igmu that did not store its verdict; run `igmu evaluate` "
+    "again (it is answered from the store's caches) to compute it."
+)
+
 RULE = (
     "Each cell: the aspect's headline metric (from the task's CatIGMU guidance), its value and "
     "95% interval over prompts, and paired tests against ORG and against the best other "
@@ -41,6 +46,8 @@ def _cell(h: Headline, reference: str) -> str:
 def verdict_html(verdict: Verdict) -> str:
     if not verdict.methods:
         return "<p>No unlearned method in this run: nothing to judge.</p>"
+    if not verdict.stored:
+        return f"<p>{escape(NOT_STORED)}</p>"
     head = "".join(f"<th>{escape(a)}</th>" for a in ASPECTS)
     rows = []
     for method in verdict.methods:
@@ -75,6 +82,8 @@ def verdict_rows(verdict: Verdict) -> list[list[str]]:
 
 
 def verdict_text(verdict: Verdict) -> str:
+    if not verdict.stored:
+        return NOT_STORED
     rows = verdict_rows(verdict)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -86,6 +95,8 @@ def verdict_text(verdict: Verdict) -> str:
 
 
 def verdict_markdown(verdict: Verdict) -> str:
+    if not verdict.stored:
+        return NOT_STORED + "\n"
     rows = verdict_rows(verdict)
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows[1:]]

@@ -6,13 +6,13 @@ What reports, `igmu compare` and the demo's summary read: never the CSV exports.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from igmu.core.constants import ORG
 from igmu.core.errors import ConfigError
-from igmu.core.records import ASPECTS, Aggregate, Sample
+from igmu.core.records import ASPECTS, Aggregate, Comparison, Sample
 from igmu.store.sqlite import Store
 
 RUN_FILE = "run.json"
@@ -30,6 +30,7 @@ class StoredRun:
     aggregates: list[Aggregate]
     samples: list[Sample]
     store_path: Path
+    comparisons: list[Comparison] = field(default_factory=list)  # what the report compares
 
     @property
     def reference_method(self) -> str:
@@ -99,6 +100,7 @@ def load_run(run_dir: Path) -> StoredRun:
             raise ConfigError(f"{store_path}: has no run {run_id} (named by {run_file})")
         aggregates = store.aggregates(run_id)
         samples = store.samples(run_id)
+        comparisons = store.comparisons(run_id)
     finally:
         store.close()
     return StoredRun(
@@ -112,4 +114,5 @@ def load_run(run_dir: Path) -> StoredRun:
         aggregates=aggregates,
         samples=samples,
         store_path=store_path,
+        comparisons=comparisons,
     )

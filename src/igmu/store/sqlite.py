@@ -12,7 +12,21 @@ from typing import Any
 import numpy as np
 
 from igmu.core.errors import ConfigError
-from igmu.core.records import AGGREGATE_COLUMNS, SAMPLE_COLUMNS, Aggregate, Sample
+from igmu.core.records import (
+    AGGREGATE_COLUMNS,
+    AGGREGATE_KEY,
+    COMPARISON_COLUMNS,
+    COMPARISON_KEY,
+    SAMPLE_COLUMNS,
+    SAMPLE_KEY,
+    Aggregate,
+    Comparison,
+    Sample,
+    insert_sql,
+    names,
+    select_sql,
+    table_sql,
+)
 
 SCHEMA_VERSION = 3
 # How a store of an older schema becomes the current one (caches stay valid). Version 3 adds
@@ -29,19 +43,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_dir TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL,
     spec_json TEXT NOT NULL, fingerprints_json TEXT NOT NULL, left_out_json TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS samples (
-    run_id TEXT NOT NULL, method TEXT NOT NULL, metric TEXT NOT NULL, aspect TEXT NOT NULL,
-    prompt_set TEXT NOT NULL, class_name TEXT NOT NULL, prompt_index INTEGER NOT NULL,
-    seed INTEGER NOT NULL, prompt TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL,
-    value REAL, extra_json TEXT NOT NULL,
-    PRIMARY KEY (run_id, method, metric, prompt_set, class_name, prompt_index, seed)
-);
-CREATE TABLE IF NOT EXISTS aggregates (
-    run_id TEXT NOT NULL, method TEXT NOT NULL, metric TEXT NOT NULL, aspect TEXT NOT NULL,
-    value REAL, ci_low REAL, ci_high REAL, n INTEGER NOT NULL, higher_is_better INTEGER NOT NULL,
-    whole_set INTEGER NOT NULL, warning TEXT NOT NULL, prompts INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, method, metric)
-);
+{records}
 CREATE TABLE IF NOT EXISTS features (
     backbone TEXT NOT NULL, sha256 TEXT NOT NULL, vector BLOB NOT NULL,
     PRIMARY KEY (backbone, sha256)
@@ -64,7 +66,11 @@ CREATE TABLE IF NOT EXISTS audits (
     audit_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audits_by_fingerprint ON audits (fingerprint, created_at);
-"""
+""".replace("{records}", "\n".join((
+    table_sql("samples", SAMPLE_COLUMNS, SAMPLE_KEY),
+    table_sql("aggregates", AGGREGATE_COLUMNS, AGGREGATE_KEY),
+    table_sql("comparisons", COMPARISON_COLUMNS, COMPARISON_KEY),
+)))
 
 
 class Store:
@@ -183,6 +189,7 @@ class Store:
         left_out: list[str],
         samples: list[Sample],
         aggregates: list[Aggregate],
+        comparisons: list[Comparison] = (),
     ) -> None:
         """Replace the run's records; a rerun refreshes its folder, fingerprints and package
         versions (the same run id means the same inputs, not the same software)."""
@@ -190,6 +197,7 @@ class Store:
         with self.db:
             self.db.execute("DELETE FROM samples WHERE run_id=?", (run_id,))
             self.db.execute("DELETE FROM aggregates WHERE run_id=?", (run_id,))
+            self.db.execute("DELETE FROM comparisons WHERE run_id=?", (run_id,))
             self.db.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE "
                 "SET run_dir=excluded.run_dir, finished_at=excluded.finished_at, "
@@ -207,14 +215,24 @@ class Store:
                     json.dumps(left_out),
                 ),
             )
-            self.db.executemany(
-                f"INSERT INTO samples VALUES ({', '.join('?' * (len(SAMPLE_COLUMNS) + 1))})",
-                [(run_id, *s.row()) for s in samples],
-            )
-            self.db.executemany(
-                f"INSERT INTO aggregates VALUES ({', '.join('?' * (len(AGGREGATE_COLUMNS) + 1))})",
-                [(run_id, *a.row()) for a in aggregates],
-            )
+            self.db.executemany(insert_sql("samples", SAMPLE_COLUMNS),
+                                [(run_id, *s.row()) for s in samples])
+            self.db.executemany(insert_sql("aggregates", AGGREGATE_COLUMNS),
+                                [(run_id, *a.row()) for a in aggregates])
+            self.db.executemany(insert_sql("comparisons", COMPARISON_COLUMNS),
+                                [(run_id, *c.row()) for c in comparisons])
+
+    def put_comparisons(self, run_id: str, kind: str, comparisons: list[Comparison]) -> None:
+        """Replace a run's comparisons of one kind that name the same methods (``igmu
+        compare``'s pairs)."""
+        with self.db:
+            for pair in {(c.method, c.other) for c in comparisons}:
+                self.db.execute(
+                    "DELETE FROM comparisons WHERE run_id=? AND kind=? AND method=? AND other=?",
+                    (run_id, kind, *pair),
+                )
+            self.db.executemany(insert_sql("comparisons", COMPARISON_COLUMNS),
+                                [(run_id, *c.row()) for c in comparisons])
 
     # --- requests: an evaluation asked for again is answered from its run ---
     def remember_request(self, request_key: str, run_id: str, extra: dict[str, Any]) -> None:
@@ -237,7 +255,8 @@ class Store:
             self.db.execute("UPDATE runs SET run_dir=? WHERE run_id=?", (run_dir, run_id))
 
     def counts(self) -> dict[str, int]:
-        tables = ("runs", "samples", "aggregates", "features", "detections", "pair_scores")
+        tables = ("runs", "samples", "aggregates", "comparisons", "features", "detections",
+                  "pair_scores")
         return {t: self.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
 
     def run(self, run_id: str) -> dict[str, Any] | None:
@@ -260,18 +279,21 @@ class Store:
 
     def aggregates(self, run_id: str) -> list[Aggregate]:
         cursor = self.db.execute(
-            f"SELECT {', '.join(AGGREGATE_COLUMNS)} FROM aggregates WHERE run_id=? "
-            "ORDER BY method, aspect, metric",
-            (run_id,),
+            select_sql("aggregates", AGGREGATE_COLUMNS, "method, aspect, metric"), (run_id,)
         )
-        return [Aggregate.from_row(dict(zip(AGGREGATE_COLUMNS, row, strict=True)))
+        return [Aggregate.from_row(dict(zip(names(AGGREGATE_COLUMNS), row, strict=True)))
                 for row in cursor.fetchall()]
 
     def samples(self, run_id: str) -> list[Sample]:
         cursor = self.db.execute(
-            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE run_id=? "
-            "ORDER BY method, metric, prompt_set, class_name, prompt_index, seed",
-            (run_id,),
+            select_sql("samples", SAMPLE_COLUMNS, ", ".join(SAMPLE_KEY)), (run_id,)
         )
-        return [Sample.from_row(dict(zip(SAMPLE_COLUMNS, row, strict=True)))
+        return [Sample.from_row(dict(zip(names(SAMPLE_COLUMNS), row, strict=True)))
+                for row in cursor.fetchall()]
+
+    def comparisons(self, run_id: str) -> list[Comparison]:
+        cursor = self.db.execute(
+            select_sql("comparisons", COMPARISON_COLUMNS, ", ".join(COMPARISON_KEY)), (run_id,)
+        )
+        return [Comparison.from_row(dict(zip(names(COMPARISON_COLUMNS), row, strict=True)))
                 for row in cursor.fetchall()]
