@@ -49,7 +49,7 @@ IMAGE_SIDE = 512
 
 
 def make_models(folder: Path, fid_kind: str, seed: int) -> tuple[Path, dict[str, Any]]:
-    from igmu.backbones.tiny import (
+    from igmu.testing.tiny import (
         make_random_alexnet_features,
         make_random_clip_b32,
         make_random_inception,

@@ -73,7 +73,7 @@ def sd_pipeline(device: str, dtype: str, seed: int = 0) -> Any:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from igmu.backbones.tiny import write_char_tokenizer_files
+    from igmu.backbones.tokenizer import write_char_tokenizer_files
 
     folder = Path(tempfile.mkdtemp(prefix="sd_tok_"))
     vocab = write_char_tokenizer_files(folder)

@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image
 
 from igmu.backbones.config import load_models_config
-from igmu.backbones.tiny import make_tiny
 from igmu.evaluation.engine import EvaluationOptions, evaluate
 from igmu.report.data import load_report_data
 from igmu.report.page import render_html
 from igmu.tasks import load_task
+from igmu.testing.tiny import make_tiny
 
 METHODS = ("ORG", "ESD", "UCE")
 

@@ -43,7 +43,7 @@ def shared_igmu() -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """models.yaml for tiny random models; official IGMU heads when the shared data exists."""
-    from igmu.backbones.tiny import make_tiny
+    from igmu.testing.tiny import make_tiny
 
     heads = SHARED_IGMU / "heads" if (SHARED_IGMU / "heads").is_dir() else None
     return make_tiny(tmp_path_factory.mktemp("tiny"), heads)
@@ -51,7 +51,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models_random_heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from igmu.backbones.tiny import make_tiny
+    from igmu.testing.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny_random"), None)
 

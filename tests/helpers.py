@@ -60,7 +60,7 @@ def make_attribute_layout(root: Path, methods: list[str], prompts: int = 3, seed
 
 def tiny_family_pipeline(family: str, tmp_path_factory) -> object:
     """A tiny random SD-1.x (``sd``) or SDXL (``sdxl``) pipeline, progress bars off."""
-    from igmu.backbones.tiny import make_tiny_sd_pipeline, make_tiny_sdxl_pipeline
+    from igmu.testing.tiny import make_tiny_sd_pipeline, make_tiny_sdxl_pipeline
 
     make = make_tiny_sd_pipeline if family == "sd" else make_tiny_sdxl_pipeline
     pipeline = make(tokenizer_dir=tmp_path_factory.mktemp(f"tok_{family}"))

@@ -49,7 +49,7 @@ TIMING = ("wall_seconds", "search_seconds", "cpu_seconds")
 
 @pytest.fixture(scope="module")
 def sd_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from igmu.backbones.tiny import make_tiny_sd_pipeline
+    from igmu.testing.tiny import make_tiny_sd_pipeline
 
     folder = tmp_path_factory.mktemp("tiny_sd_attack")
     pipeline = make_tiny_sd_pipeline(tokenizer_dir=folder / "tokenizer_files")

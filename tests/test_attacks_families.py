@@ -86,7 +86,7 @@ def test_table_vectors_give_the_ids_conditioning_and_gradients(pipe) -> None:
 
 @pytest.fixture(scope="module")
 def sdxl_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from igmu.backbones.tiny import make_tiny_sdxl_pipeline
+    from igmu.testing.tiny import make_tiny_sdxl_pipeline
 
     folder = tmp_path_factory.mktemp("tiny_sdxl_attack")
     make_tiny_sdxl_pipeline(tokenizer_dir=folder / "tok").save_pretrained(str(folder / "sdxl"))
@@ -145,9 +145,9 @@ def test_a_weights_entry_is_attacked_as_generate_loads_it(tmp_path: Path) -> Non
 
     from igmu.attacks.engine import AttackOptions, run_attacks
     from igmu.backbones.config import load_models_config
-    from igmu.backbones.tiny import make_tiny_sd_pipeline
     from igmu.generation.diffusers_backend import DiffusersGenerator
     from igmu.generation.plan import base_settings, resolve_method
+    from igmu.testing.tiny import make_tiny_sd_pipeline
 
     pipeline = make_tiny_sd_pipeline(tokenizer_dir=tmp_path / "tok")
     pipeline.save_pretrained(str(tmp_path / "sd"))

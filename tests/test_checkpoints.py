@@ -39,7 +39,7 @@ SETTINGS = GenerationSettings(num_inference_steps=2, guidance_scale=7.5, height=
 
 
 def tiny(root: Path):
-    from igmu.backbones.tiny import make_tiny_sd_pipeline
+    from igmu.testing.tiny import make_tiny_sd_pipeline
 
     return make_tiny_sd_pipeline(tokenizer_dir=root)
 

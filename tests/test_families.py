@@ -148,9 +148,9 @@ def test_generate_and_unlearn_on_a_saved_sdxl_pipeline(tmp_path: Path) -> None:
     import yaml
 
     from igmu.backbones.config import load_models_config
-    from igmu.backbones.tiny import make_tiny_sdxl_pipeline
     from igmu.generation import GenerateOptions, generate, read_rows
     from igmu.methods import unlearn
+    from igmu.testing.tiny import make_tiny_sdxl_pipeline
 
     make_tiny_sdxl_pipeline(tokenizer_dir=tmp_path / "tok").save_pretrained(tmp_path / "sdxl")
     church = load_task("church")

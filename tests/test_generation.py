@@ -44,7 +44,7 @@ CLI_ARGS = [
 
 def build_tiny_sd(folder: Path) -> Path:
     """A save_pretrained StableDiffusionPipeline with random tiny components."""
-    from igmu.backbones.tiny import make_tiny_sd_pipeline
+    from igmu.testing.tiny import make_tiny_sd_pipeline
 
     pipeline = make_tiny_sd_pipeline(tokenizer_dir=folder / "tokenizer_files")
     pipeline.save_pretrained(str(folder / "pipeline"), safe_serialization=True)

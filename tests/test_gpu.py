@@ -65,7 +65,7 @@ def test_half_precision_generation_and_unlearning(tmp_path: Path) -> None:
     unlearn on CUDA, on tiny SD-1.x and SDXL pipelines."""
     import yaml
 
-    from igmu.backbones.tiny import make_tiny_sd_pipeline, make_tiny_sdxl_pipeline
+    from igmu.testing.tiny import make_tiny_sd_pipeline, make_tiny_sdxl_pipeline
 
     for name, make in (("sd", make_tiny_sd_pipeline), ("sdxl", make_tiny_sdxl_pipeline)):
         make(tokenizer_dir=tmp_path / f"tok_{name}").save_pretrained(tmp_path / name)

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def build_tiny_pipeline(folder: Path, cross_dim: int = 32, max_length: int | None = 77):
-    from igmu.backbones.tiny import make_tiny_sd_pipeline
+    from igmu.testing.tiny import make_tiny_sd_pipeline
 
     return make_tiny_sd_pipeline(cross_dim, max_length, tokenizer_dir=folder)
 

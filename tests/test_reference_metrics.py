@@ -129,7 +129,7 @@ def random_inception(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     pytest.importorskip("torch_fidelity")
     from safetensors.torch import load_file
 
-    from igmu.backbones.tiny import make_random_inception
+    from igmu.testing.tiny import make_random_inception
 
     folder = tmp_path_factory.mktemp("inception")
     weights = folder / "inception.safetensors"

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def real_size_models(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Path:
-    from igmu.backbones.tiny import make_random_clip_b32, make_random_inception
+    from igmu.testing.tiny import make_random_clip_b32, make_random_inception
 
     folder = tmp_path_factory.mktemp("real")
     make_random_clip_b32(folder / "clip-b32")

@@ -61,7 +61,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_make_tiny(args: argparse.Namespace) -> int:
-    from igmu.backbones.tiny import make_tiny
+    from igmu.testing.tiny import make_tiny
 
     path = make_tiny(args.dir, args.igmu_heads, args.seed)
     print(f"wrote tiny random models and {path}")

@@ -3,8 +3,8 @@
 It is the world's CLIP-score backbone, and its text encoder (frozen) conditions the world's
 text-to-image model, as CLIP ViT-L/14's does Stable Diffusion 1.x.
 
-- Tokenizer: the byte-level CLIP BPE with no merges of ``igmu.backbones.tiny`` (every byte is a
-  token, so every language's captions tokenize), ``model_max_length`` 77 as in SD-1.x.
+- Tokenizer: the byte-level CLIP BPE with no merges of ``igmu.backbones.tokenizer`` (every byte
+  is a token, so every language's captions tokenize), ``model_max_length`` 77 as in SD-1.x.
 - Text tower: 3 layers, width 128, 4 heads, causal (transformers' CLIPTextModel).
 - Vision tower: ViT on 32 x 32 images, patch 8 (16 patches + CLS), 3 layers, width 128.
 - Projection: 128-d. The saved ``CLIPProcessor`` resizes to 32 (a no-op on 32 x 32 renders), and
@@ -138,7 +138,7 @@ def make_tokenizer(folder: Path) -> Any:
     """The char-level (byte-level, no merges) CLIP tokenizer, written into ``folder``."""
     from transformers import CLIPTokenizer
 
-    from igmu.backbones.tiny import write_char_tokenizer_files
+    from igmu.backbones.tokenizer import write_char_tokenizer_files
 
     folder.mkdir(parents=True, exist_ok=True)
     write_char_tokenizer_files(folder)
@@ -335,7 +335,7 @@ def _train_clip(out: Path, config: ClipTrainConfig, log: Callable[[str], None]) 
         "schema": SCHEMA,
         "architecture": ARCH,
         "parameters": params,
-        "tokenizer": "byte-level CLIP BPE without merges (igmu.backbones.tiny), max length 77",
+        "tokenizer": "byte-level CLIP BPE without merges (igmu.backbones.tokenizer), max length 77",
         "preprocessing": "RGB uint8 32x32 -> x/255 -> (x - CLIP mean) / CLIP std",
         "train": asdict(config),
         "loss_first50": float(np.mean(losses[:50])),

@@ -1,46 +1,20 @@
-"""Tiny random models of every architecture IGMU uses, for offline smoke runs and tests.
+"""Tiny random models of every architecture IGMU uses, for offline smoke runs and tests (and
+``igmu models make-tiny``): a testing module, above the model layer it builds for.
 
 Scores from these models mean nothing about real images; they exercise the real code paths.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
+from igmu.backbones.tokenizer import write_char_tokenizer_files
 from igmu.detectors.clip_head import KNOWN_HEADS, build_head
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-level alphabet: every byte maps to a printable character."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
-def write_char_tokenizer_files(folder: Path) -> int:
-    """A CLIP BPE vocabulary with no merges: every byte is a token (with and without </w>)."""
-    alphabet = list(_bytes_to_unicode().values())
-    tokens = alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    return len(vocab)
 
 
 def make_tiny_clip(folder: Path, seed: int = 0, projection_dim: int = 512) -> None:
