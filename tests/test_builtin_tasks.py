@@ -212,3 +212,23 @@ def test_unlearning_prompts_must_not_be_evaluated_prompts():
     section = f"  erase:\n  - {{prompt: '{evaluated}', anchor: a barn}}\n"
     with pytest.raises(ConfigError, match="repeats the evaluated prompt"):
         parse_task(_with_unlearning(section), "church-edit.yaml")
+
+
+def test_default_metrics_are_declared_once_and_nodes_add_to_them():
+    """The root's metrics reach every task; ``extra_metrics`` appends (person_rate where a
+    person must survive, ground-truth metrics on the MiniWorld); ``metrics`` replaces."""
+    from igmu.core.errors import ConfigError
+    from igmu.taxonomy.tree import load_taxonomy, merge_guidance, validate_guidance
+
+    taxonomy = load_taxonomy()
+    defaults = taxonomy.root.guidance["metrics"]
+    assert all("metrics" not in node.guidance for node in taxonomy.leaves())
+    assert load_task("church").guidance["metrics"] == defaults
+    assert load_task("nudity").guidance["metrics"] == [*defaults, "person_rate"]
+    assert load_task("mini_object").guidance["metrics"] == [*defaults, "prompt_accuracy",
+                                                            "fid_world"]
+    replaced = merge_guidance({"metrics": defaults}, {"metrics": ["fid"], "extra_metrics":
+                                                     ["lpips", "fid"]})
+    assert replaced == {"metrics": ["fid", "lpips"]}
+    with pytest.raises(ConfigError, match="'extra_metrics' must list names"):
+        validate_guidance({"extra_metrics": [1]}, "task.yaml")

@@ -150,13 +150,7 @@ def _task(
 ) -> str:
     # Ground truth exists here: the judges read every factor a prompt names (prompt_accuracy)
     # and the renderer draws each prompt's true image (fid_world).
-    guidance = {
-        **guidance,
-        "metrics": [
-            "residual_rate", "residual_rate_corrected", "fid", "lpips", "clip_score", "csdr",
-            "related_retention", "prompt_accuracy", "fid_world", "attack_success_rate",
-        ],
-    }
+    guidance = {**guidance, "extra_metrics": ["prompt_accuracy", "fid_world"]}
     raw = {
         "schema": "igmu.task/1",
         "name": name,

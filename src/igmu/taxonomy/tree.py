@@ -23,7 +23,10 @@ GUIDANCE_KEYS: dict[str, type | tuple[type, ...]] = {
     "reference": str,
     "subject_retention": (str, type(None)),
     "detectors": list,
+    # ``metrics`` replaces the list above it; ``extra_metrics`` appends to it (a node that adds
+    # one metric to the defaults names only that one).
     "metrics": list,
+    "extra_metrics": list,
     "sensitive_content": bool,
     "bootstrap_resamples": int,
     # aspect -> metric names in order of preference: the report's one headline per aspect.
@@ -34,13 +37,20 @@ ASPECT_NAMES = ("forgetting", "fidelity", "preservation", "alignment", "robustne
 
 def merge_guidance(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` over ``base``; a mapping (``headlines``) is merged key by key, so a node can
-    change one aspect's headline and inherit the others."""
+    change one aspect's headline and inherit the others. ``extra_metrics`` is appended to the
+    metrics (after an override's own ``metrics``, if it sets both); the result holds ``metrics``
+    alone."""
     merged = dict(base)
     for key, value in override.items():
+        if key == "extra_metrics":
+            continue
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
+    if "extra_metrics" in override:
+        metrics = list(merged.get("metrics") or [])
+        merged["metrics"] = metrics + [m for m in override["extra_metrics"] if m not in metrics]
     return merged
 
 
@@ -67,6 +77,9 @@ def validate_guidance(guidance: Any, where: str) -> dict[str, Any]:
             )
         if not isinstance(value, GUIDANCE_KEYS[key]):
             raise ConfigError(f"{where}: guidance field {key!r} has the wrong type")
+    for key in ("metrics", "extra_metrics", "detectors"):
+        if key in guidance and not all(isinstance(m, str) for m in guidance[key]):
+            raise ConfigError(f"{where}: guidance field {key!r} must list names")
     for aspect, metrics in (guidance.get("headlines") or {}).items():
         if aspect not in ASPECT_NAMES:
             raise ConfigError(
