@@ -94,7 +94,7 @@ def _best_other(run: StoredRun, metric: str, method: str, methods: list[str]) ->
     return (max if higher else min)(values, key=lambda m: values[m])
 
 
-def _placeholder(kind: str, method: str, other: str, metric: str | None, run: StoredRun,
+def _untested(kind: str, method: str, other: str, metric: str | None, run: StoredRun,
                  aspect: str) -> Comparison:
     """A call that could not be tested (no metric, no shared keys): outcome n/a."""
     agg = run.aggregate(method, metric) if metric else None
@@ -112,12 +112,12 @@ def verdict_comparisons(run: StoredRun, store: Store) -> list[Comparison]:
         for aspect, metric in metrics.items():
             has = metric is not None and run.aggregate(method, metric) is not None
             diff = versus_reference(run, metric, method, store) if has else None
-            pending.append((aspect, diff or _placeholder(REFERENCE, method, reference, metric,
+            pending.append((aspect, diff or _untested(REFERENCE, method, reference, metric,
                                                          run, aspect)))
             rival = _best_other(run, metric, method, unlearned) if has else None
             if rival is not None:
                 diff = paired_difference(run, metric, method, rival, store, BEST)
-                pending.append((aspect, diff or _placeholder(BEST, method, rival, metric, run,
+                pending.append((aspect, diff or _untested(BEST, method, rival, metric, run,
                                                              aspect)))
     testable = [i for i, (_, d) in enumerate(pending) if math.isfinite(d.p_value)]
     adjusted = dict(zip(testable, C.holm([pending[i][1].p_value for i in testable]),
