@@ -9,9 +9,10 @@ import pytest
 
 from igmu.backbones.config import ModelsConfig, all_defaults
 from igmu.core.errors import ConfigError
+from igmu.dataset.dataigm_layout import manifest_sha256
 from igmu.detectors.base import build_detector
 from igmu.miniworld import judge_detector  # noqa: F401  (registers mini_judge)
-from igmu.miniworld.dataset_export import export_world, manifest_sha256
+from igmu.miniworld.dataset_export import export_world
 from igmu.miniworld.judges import (
     METADATA,
     WEIGHTS,

@@ -5,19 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from igmu.core.errors import ConfigError
-from igmu.miniworld import captions as C
-from igmu.miniworld.dataset_export import (
+from igmu.dataset.dataigm import read_dataigm
+from igmu.dataset.dataigm_layout import (
+    DATACARD,
     MANIFEST,
+    SCHEMA,
     LayoutWriter,
-    export_world,
     manifest_sha256,
     read_layout,
+    row_label,
 )
+from igmu.miniworld import captions as C
+from igmu.miniworld.dataset_export import export_world
 from igmu.miniworld.task_files import TASKS
 from igmu.miniworld.world import (
     BACKGROUND_RGB,
@@ -295,18 +300,52 @@ def test_export_writes_layout_and_manifest(tmp_path):
 
         assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), render(scene))
         assert isinstance(row["caption"], str) and row["caption"]
-    info = json.loads((root / "dataset.json").read_text())
-    assert info["splits"] == {"test": 8, "train": 24}
-    assert info["manifest_sha256"] == manifest_sha256(root)
-    items = read_layout(root, verify=True)
-    assert {i.split for i in items} == {"train", "test"}
-    # Reproducible: the same seed gives the same manifest, another seed a different one.
+    card = json.loads((root / DATACARD).read_text())
+    assert card["schema"] == SCHEMA
+    assert card["counts"]["train"] == dict(
+        sorted(Counter(r["class"] for r in rows if r["split"] == "train").items())
+    )
+    assert card["n_images"] == 32
+    assert card["label_heads"] == ["attribute", "background", "colour", "shape", "style"]
+    assert card["manifest_sha256"] == manifest_sha256(root)
+    layout = read_layout(root, verify=True)
+    assert layout.splits() == ["test", "train"]
+    assert layout.fingerprint() == card["manifest_sha256"]
+    assert {row_label(r, "colour") for r in layout.rows} <= set(COLOURS)
+    # Reproducible: the same seed gives the same manifest.
     assert (
         manifest_sha256(export_world(tmp_path / "again", {"train": 24, "test": 8}, seed=3).parent)
-        == info["manifest_sha256"]
+        == card["manifest_sha256"]
     )
     with pytest.raises(ConfigError):
         LayoutWriter(root)
+    # One layout, one reader: the binary reader refuses a multi-label set by name.
+    with pytest.raises(ConfigError, match="multi-label set"):
+        read_dataigm(root)
+
+
+def test_read_layout_checks_rows_and_reads_legacy_cards(tmp_path):
+    root = tmp_path / "data"
+    export_world(root, {"train": 4, "test": 2}, seed=1)
+    # An export from before the card was unified: dataset.json, schema igmu.dataigm.layout/1.
+    card = json.loads((root / DATACARD).read_text())
+    (root / DATACARD).unlink()
+    legacy = {"schema": "igmu.dataigm.layout/1", "seed": card["seed"], "splits": {"train": 4}}
+    (root / "dataset.json").write_text(json.dumps(legacy))
+    assert read_layout(root).card == legacy
+    (root / "dataset.json").write_text(json.dumps({**legacy, "schema": "other/9"}))
+    with pytest.raises(ConfigError, match="dataset.json: field 'schema'"):
+        read_layout(root)
+    (root / "dataset.json").unlink()
+    lines = (root / MANIFEST).read_text().splitlines()
+    row = json.loads(lines[1])
+    (root / row["path"]).write_bytes(b"not the image")
+    with pytest.raises(ConfigError, match=rf"manifest.jsonl:2: {row['path']} does not match"):
+        read_layout(root, verify=True)
+    lines[1] = json.dumps({**row, "path": "../outside.png"})
+    (root / MANIFEST).write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="manifest.jsonl:2: path '../outside.png' leaves"):
+        read_layout(root)
 
 
 def test_read_layout_without_manifest(tmp_path):
@@ -316,8 +355,8 @@ def test_read_layout_without_manifest(tmp_path):
         folder = tmp_path / split / cls
         folder.mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "x.png")
-    items = read_layout(tmp_path)
-    assert sorted((i.split, i.class_name, i.label("class")) for i in items) == [
+    rows = read_layout(tmp_path).rows
+    assert sorted((r["split"], r["class"], row_label(r, "class")) for r in rows) == [
         ("test", "a", "a"),
         ("train", "a", "a"),
         ("train", "b", "b"),

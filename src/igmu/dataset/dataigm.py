@@ -1,13 +1,12 @@
-"""The DataIGM layout: ``<split>/<class>/<file>`` + ``manifest.jsonl`` + ``datacard.json``.
+"""Binary DataIGM sets: the one layout (``igmu.dataset.dataigm_layout``) with a judge's labels.
 
 Binary by design (a judge says "concept" or not): every image has ``label`` 1 (concept) or 0
-(no concept), and the class folders are the concept's name and ``other``. The folder tree is
-what IGMU's trainer and torchvision's ImageFolder read; the manifest and the card are what igmu
-reads, so a class index never comes from folder order (the IGMU label trap: ImageFolder sorts
-folder names, so ``church`` is 0 and ``parachute`` is 1). The card's ``classes`` list is the
-index order: ``classes[label]``.
+(no concept), and the class folders are the concept's name and ``other``. The manifest and the
+card are what igmu reads, so a class index never comes from folder order (the IGMU label trap:
+ImageFolder sorts folder names, so ``church`` is 0 and ``parachute`` is 1). The card's
+``classes`` list is the index order: ``classes[label]``.
 
-Manifest rows (one JSON object a line, sorted by split then path), at least::
+Manifest rows, at least::
 
     {"path": "train/cross/forget-cross-007-s1.png", "split": "train", "class": "cross",
      "label": 1, "prompt": "...", "seed": 1, "sha256": "...", "family": "forget/cross"}
@@ -18,10 +17,7 @@ the source folder for imported data). Imported images have ``prompt`` and ``seed
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +25,22 @@ from typing import Any
 import numpy as np
 
 from igmu.core.errors import ConfigError
-from igmu.core.files import read_jsonl, write_atomic
+from igmu.dataset.dataigm_layout import (
+    DATACARD,
+    MANIFEST,
+    SCHEMA,
+    Layout,
+    counts,
+    read_card,
+    read_layout,
+    write_datacard,
+    write_manifest,
+)
 
-MANIFEST = "manifest.jsonl"
-DATACARD = "datacard.json"
-SCHEMA = "igmu.dataigm/1"
+__all__ = [
+    "DATACARD", "MANIFEST", "SCHEMA", "DataIGM", "class_names", "counts", "read_dataigm",
+    "write_datacard", "write_manifest",
+]  # fmt: skip
 SPLITS = ("train", "val", "test")
 OTHER = "other"
 REQUIRED = ("path", "split", "class", "label", "prompt", "seed", "sha256")
@@ -142,31 +149,8 @@ def assign_splits(
     return assigned
 
 
-def counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    table: dict[str, Counter] = {}
-    for row in rows:
-        table.setdefault(row["split"], Counter())[row["class"]] += 1
-    return {s: dict(sorted(c.items())) for s, c in sorted(table.items())}
-
-
-def write_manifest(root: Path, rows: list[dict[str, Any]]) -> str:
-    """Write the manifest (sorted); returns its sha256."""
-    ordered = sorted(rows, key=lambda r: (r["split"], r["path"]))
-    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in ordered)
-    write_atomic(root / MANIFEST, text)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def write_datacard(root: Path, card: dict[str, Any]) -> None:
-    write_atomic(root / DATACARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
-
-
 @dataclass(frozen=True)
-class DataIGM:
-    root: Path
-    card: dict[str, Any]
-    rows: list[dict[str, Any]]  # manifest rows, each with "abs": the absolute image path
-
+class DataIGM(Layout):
     @property
     def classes(self) -> list[str]:
         return list(self.card["classes"])
@@ -175,43 +159,32 @@ class DataIGM:
     def concept_class(self) -> str:
         return self.classes[1]
 
-    def split(self, name: str) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["split"] == name]
-
-    def splits(self) -> list[str]:
-        return sorted({r["split"] for r in self.rows})
-
-    def fingerprint(self) -> str:
-        """sha256 of the manifest file: every image's hash, label and split."""
-        return hashlib.sha256((self.root / MANIFEST).read_bytes()).hexdigest()
-
 
 def read_dataigm(root: str | Path, verify: bool = False) -> DataIGM:
-    """A DataIGM folder (manifest + card); ``verify`` re-hashes every image."""
+    """A binary DataIGM folder (manifest + card); ``verify`` re-hashes every image."""
     root = Path(root)
-    manifest, card_path = root / MANIFEST, root / DATACARD
     if not root.is_dir():
         raise ConfigError(f"{root}: dataset folder does not exist")
-    for path in (manifest, card_path):
-        if not path.is_file():
-            raise ConfigError(
-                f"{root}: no {path.name}; a DataIGM folder is written by `igmu data build` or "
-                "`igmu data import`"
-            )
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{card_path}: not valid JSON: {exc}") from None
-    if not isinstance(card, dict) or card.get("schema") != SCHEMA:
-        raise ConfigError(f"{card_path}: field 'schema' must be {SCHEMA!r}")
+    card_path = root / DATACARD
+    if not card_path.is_file():
+        raise ConfigError(
+            f"{root}: no {DATACARD}; a DataIGM folder is written by `igmu data build` or "
+            "`igmu data import`"
+        )
+    _, card = read_card(root)
+    if "label_heads" in card:
+        raise ConfigError(
+            f"{card_path}: a multi-label set (heads {card['label_heads']}); this command needs a "
+            "binary DataIGM set (classes [label 0, label 1]) from `igmu data build` or "
+            "`igmu data import`"
+        )
     classes = card.get("classes")
     if not (
         isinstance(classes, list) and len(classes) == 2 and all(isinstance(c, str) for c in classes)
     ):
         raise ConfigError(f"{card_path}: field 'classes' must list two names [label 0, label 1]")
-    rows = []
-    base = root.resolve()
-    for where, row in read_jsonl(manifest, "DataIGM manifest"):
+
+    def binary(where: str, row: dict[str, Any]) -> None:
         for key in REQUIRED:
             if key not in row:
                 raise ConfigError(f"{where}: field {key!r} is missing")
@@ -222,14 +195,6 @@ def read_dataigm(root: str | Path, verify: bool = False) -> DataIGM:
                 f"{where}: class {row['class']!r} does not match label {row['label']} "
                 f"({classes[row['label']]!r} in {card_path.name})"
             )
-        path = (base / str(row["path"])).resolve()
-        if base not in path.parents:
-            raise ConfigError(f"{where}: path {row['path']!r} leaves the dataset folder")
-        if not path.is_file():
-            raise ConfigError(f"{where}: image {row['path']} does not exist")
-        if verify and hashlib.sha256(path.read_bytes()).hexdigest() != row["sha256"]:
-            raise ConfigError(f"{where}: {row['path']} does not match its sha256")
-        rows.append({**row, "abs": str(path)})
-    if not rows:
-        raise ConfigError(f"{manifest}: no images")
-    return DataIGM(root, card, rows)
+
+    layout = read_layout(root, verify=verify, require_manifest=True, check_row=binary)
+    return DataIGM(layout.root, layout.card, layout.rows)

@@ -87,13 +87,15 @@ def _augment(torch, x, generator):
     return (x + torch.randn(x.shape, generator=generator) * sigma).clamp(-1.0, 1.0)
 
 
-def _load_split(items, heads, classes, size):
+def _load_split(rows, heads, classes, size):
     from PIL import Image
 
-    pixels = [np.asarray(Image.open(item.path).convert("RGB")) for item in items]
+    from igmu.dataset.dataigm_layout import row_label
+
+    pixels = [np.asarray(Image.open(row["abs"]).convert("RGB")) for row in rows]
     x = images_to_array(pixels, size)
     y = {
-        head: np.asarray([classes[head].index(item.label(head)) for item in items], dtype=np.int64)
+        head: np.asarray([classes[head].index(row_label(r, head)) for r in rows], dtype=np.int64)
         for head in heads
     }
     return x, y
@@ -132,26 +134,27 @@ def _train(torch, data_root, out_dir, heads, config, arch, threads, train_split,
 
     from igmu.backbones.weights import sha256_of
     from igmu.core.intervals import wilson_interval
-    from igmu.miniworld.dataset_export import INFO, MANIFEST, manifest_sha256, read_layout
+    from igmu.dataset.dataigm_layout import read_layout, row_label
 
     size = int(arch["input_size"])
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     data_root = Path(data_root)
-    items = read_layout(data_root)
-    train_items = [i for i in items if i.split == train_split]
-    eval_items = [i for i in items if i.split == eval_split]
+    layout = read_layout(data_root)
+    train_items = layout.split(train_split)
+    eval_items = layout.split(eval_split)
     if not train_items or not eval_items:
-        splits = sorted({i.split for i in items})
+        splits = layout.splits()
         raise ConfigError(
             f"{data_root}: need splits {train_split!r} and {eval_split!r}; found {splits}"
         )
     if heads is None:
-        heads = WORLD_HEADS if all(h in train_items[0].labels for h in WORLD_HEADS) else ("class",)
+        labels = train_items[0].get("labels") or {}
+        heads = WORLD_HEADS if all(h in labels for h in WORLD_HEADS) else ("class",)
     heads = tuple(heads)
-    classes = {h: sorted({item.label(h) for item in train_items}) for h in heads}
+    classes = {h: sorted({row_label(r, h) for r in train_items}) for h in heads}
     for head in heads:
-        unseen = sorted({i.label(head) for i in eval_items} - set(classes[head]))
+        unseen = sorted({row_label(r, head) for r in eval_items} - set(classes[head]))
         if unseen:
             raise ConfigError(f"head {head!r}: held-out classes {unseen} never seen in training")
         if len(classes[head]) < 2:
@@ -224,9 +227,6 @@ def _train(torch, data_root, out_dir, heads, config, arch, threads, train_split,
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     save_file(state, str(out_dir / WEIGHTS))
     wall = time.perf_counter() - started
-    data_info = {}
-    if (data_root / INFO).is_file():
-        data_info = json.loads((data_root / INFO).read_text())
     metadata = {
         "schema": SCHEMA,
         "architecture": {"kind": "igmu.miniworld.judges.build_net", **arch},
@@ -249,10 +249,8 @@ def _train(torch, data_root, out_dir, heads, config, arch, threads, train_split,
             "plus Gaussian noise (sd 6/255)",
         },
         "data": {
-            "manifest_sha256": manifest_sha256(data_root)
-            if (data_root / MANIFEST).is_file()
-            else None,
-            "info": data_info,
+            "manifest_sha256": layout.fingerprint(),
+            "info": layout.card,
         },
         "weights_sha256": sha256_of(out_dir / WEIGHTS),
     }
