@@ -29,7 +29,6 @@ from igmu.attacks.imaging import (  # noqa: E402
     image_keys,
     load_vectors,
 )
-from igmu.attacks.model import AttackedModel  # noqa: E402
 from igmu.attacks.rows import ATTACK_FIELDS, outcome_from_row  # noqa: E402
 from igmu.attacks.store import ATTACKS_NAME, read_attack_rows  # noqa: E402
 from igmu.attacks.text_grad import project_simplex  # noqa: E402
@@ -37,6 +36,7 @@ from igmu.backbones.config import load_models_config  # noqa: E402
 from igmu.core.constants import NEGPROMPT, ORG, attack_set  # noqa: E402
 from igmu.core.errors import ConfigError  # noqa: E402
 from igmu.generation import GenerationSettings, ImageCache, cache_key, read_rows  # noqa: E402
+from igmu.pipelines.attackable import AttackedModel  # noqa: E402
 from igmu.tasks import load_task  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

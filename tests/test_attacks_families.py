@@ -18,13 +18,13 @@ pytest.importorskip("diffusers")
 from helpers import tiny_family_pipeline  # noqa: E402
 from igmu.attacks import attack_names  # noqa: E402
 from igmu.attacks.imaging import image_keys  # noqa: E402
-from igmu.attacks.model import AttackedModel  # noqa: E402
 from igmu.attacks.rows import outcome_from_row  # noqa: E402
 from igmu.attacks.store import ATTACKS_NAME, read_attack_rows  # noqa: E402
 from igmu.core.constants import NEGPROMPT, ORG, attack_set  # noqa: E402
 from igmu.dataset.layouts import read_manifest  # noqa: E402
 from igmu.families import family_of  # noqa: E402
 from igmu.generation import GenerationSettings  # noqa: E402
+from igmu.pipelines.attackable import AttackedModel  # noqa: E402
 from igmu.tasks import load_task  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

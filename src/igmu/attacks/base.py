@@ -41,7 +41,7 @@ class AttackPrompt:
 
 @dataclass
 class AttackProblem:
-    model: Any  # igmu.attacks.model.AttackedModel (None for attacks that only sample it)
+    model: Any  # igmu.pipelines.attackable.AttackedModel (None for attacks that only sample it)
     task: Any
     prompt: AttackPrompt
     settings: dict[str, Any]
@@ -78,7 +78,7 @@ class AttackOutcome:
 
 @dataclass
 class PrepareContext:
-    model: Any  # igmu.attacks.model.AttackedModel
+    model: Any  # igmu.pipelines.attackable.AttackedModel
     task: Any
     settings: dict[str, Any]
     seed: int

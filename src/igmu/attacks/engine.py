@@ -32,7 +32,6 @@ from igmu.attacks.base import (
     get_attack,
 )
 from igmu.attacks.imaging import generate_outcome, png_to_array
-from igmu.attacks.model import AttackedModel
 from igmu.attacks.rows import attack_row, manifest_rows
 from igmu.attacks.store import ATTACKS_NAME, ResultStore, digest, update_attacks
 from igmu.backbones.config import ModelsConfig
@@ -47,6 +46,7 @@ from igmu.generation.plan import (
     canonical_methods,
     resolve_method,
 )
+from igmu.pipelines.attackable import AttackedModel
 from igmu.pipelines.sources import PipelineSource
 from igmu.tasks.model import Task
 

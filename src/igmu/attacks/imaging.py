@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from igmu.attacks.base import AttackOutcome
-from igmu.attacks.model import vector_parts
 from igmu.generation.base import GenerationSettings
 from igmu.generation.cache import ImageCache, cache_key
+from igmu.pipelines.attackable import vector_parts
 
 # A NUL byte cannot come from a prompt file, so these never collide with a text prompt's key.
 IDS_PREFIX = "\x00igmu.token_ids/1:"

@@ -1,6 +1,7 @@
-"""The attacked model as attacks see it: any pipeline of a known model family
-(`igmu.families`: Stable Diffusion 1.x/2.x, the MiniWorld, SDXL), plus how the method is sampled
-(negative prompt, guidance). Every model-specific step goes through the family adapter.
+"""The attacked model as attacks (and adversarially trained methods) see it: any pipeline of a
+known model family (`igmu.families`: Stable Diffusion 1.x/2.x, the MiniWorld, SDXL), plus how
+the method is sampled (negative prompt, guidance). Every model-specific step goes through the
+family adapter.
 
 - Text: token ids are padded to the encoders' length (77 for CLIP) as the pipeline pads them,
   with each tokenizer's own pad id: ``padded`` gives [1, L] for one text encoder, [1, E, L] for
