@@ -79,8 +79,12 @@ def last_token_embeddings(pipeline, prompts: list[str]):
 
 
 def test_registry_and_settings_errors() -> None:
-    assert METHODS.names() == ["ESD", "NEGPROMPT", "ORG", "UCE"]
+    assert sorted(METHODS.names()) == sorted([
+        "AdvUnlearn", "CA", "ConceptPrune", "ESD", "FMN", "NEGPROMPT", "ORG", "RECE", "Receler",
+        "SalUn", "SPEED", "UCE",
+    ])  # fmt: skip
     assert get_method("uce") is get_method("UCE")
+    assert get_method("salun") is get_method("SalUn") and get_method("fmn").name == "FMN"
     with pytest.raises(ConfigError, match="Did you mean 'UCE'"):
         get_method("UCEE")
     with pytest.raises(ConfigError, match="no setting 'stepz'.*Did you mean 'steps'"):

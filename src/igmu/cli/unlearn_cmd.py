@@ -10,10 +10,6 @@ from typing import Any
 from igmu.cli.options import add_threads, apply_threads
 from igmu.core.errors import ConfigError, IGMUError
 
-METHOD_HELP = (
-    "UCE (closed-form cross-attention edit), ESD (ESD-x fine-tuning), NEGPROMPT (original "
-    "weights + negative prompt at generation), ORG (untouched copy)"
-)
 EPILOG = """examples:
   igmu unlearn --method UCE --task church --base models/sd14 --out models/church-UCE
   igmu unlearn --method UCE --task van_gogh --base CompVis/stable-diffusion-v1-4 --out vg-UCE \\
@@ -24,14 +20,38 @@ EPILOG = """examples:
 
 Each output folder is a diffusers pipeline (safetensors) that DiffusionPipeline.from_pretrained
 loads, with igmu_method.json: method, task, concept prompts, preserved concepts,
-hyper-parameters, seed, base fingerprint, UNet fingerprint and, for NEGPROMPT, the
-negative_prompt generation must use. Method settings (--set KEY=VALUE):
-  UCE: concepts, preserve, anchor, lamb (0.5), erase_scale (1), preserve_scale (1),
-       tokens (last|tail|phrase), edit_keys (true), expand (false)
-  ESD: concepts, steps (1000), lr (1e-5), eta (1.0), guidance (3), ddim_steps (50),
-       x_t (sample|noise), params (xattn|xattn-strict), latent_size (0 = UNet's), probe (4)
-  NEGPROMPT: concepts, negative_prompt (the task's concept name), card_only
+hyper-parameters, seed, base fingerprint, UNet fingerprint, the cost of the unlearning and,
+for NEGPROMPT, the negative_prompt generation must use. Methods that publish another form (a
+text encoder, pruning masks) write that form and the models-file entry that loads it.
+
+methods and their settings (--set KEY=VALUE; defaults for SD, [MiniWorld defaults]):
 """
+
+
+def method_listing(width: int = 96) -> str:
+    """Every registered method: its summary and settings with defaults (from the registry)."""
+    import textwrap
+
+    from igmu.methods import METHODS
+
+    lines = []
+    for name in METHODS.names():
+        method = METHODS.get(name)
+        lines += textwrap.wrap(f"{name}: {method.summary}", width, initial_indent="  ",
+                               subsequent_indent="      ")
+        world = method.world_defaults.get("miniworld", {})
+        shown = []
+        for key, value in method.defaults.items():
+            text = f"{key} ({value})"
+            if key in world:
+                text = f"{key} ({value} [{world[key]}])"
+            shown.append(text)
+        if method.card_only_allowed:
+            shown.append("card_only (false)")
+        if shown:
+            lines += textwrap.wrap(", ".join(shown), width, initial_indent="      ",
+                                   subsequent_indent="      ")
+    return "\n".join(lines)
 
 # option -> setting name; only options the user gave become settings, so an option a method
 # does not take is reported instead of silently ignored.
@@ -51,14 +71,16 @@ OPTION_SETTINGS = {
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "unlearn",
-        help="erase a task's concept from a diffusers pipeline (UCE, ESD, NEGPROMPT, ORG)",
+        help="erase a task's concept from a diffusers pipeline (UCE, ESD, FMN, CA, ...)",
         description="Apply a built-in unlearning method to a Stable-Diffusion-style pipeline\n"
         "(UNet2DConditionModel + CLIP text encoder) for a task's concept and write a loadable\n"
         "diffusers pipeline folder with its method card (igmu_method.json).",
-        epilog=EPILOG,
+        epilog=EPILOG + method_listing(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--method", required=True, help=METHOD_HELP)
+    parser.add_argument(
+        "--method", required=True, help="a built-in method (listed below), case-insensitive"
+    )
     parser.add_argument("--task", required=True, help="built-in task name or task YAML path")
     parser.add_argument(
         "--base",
@@ -82,21 +104,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--preserve",
-        help="UCE: comma-separated concepts to preserve (default: the task's unrelated and "
-        "related class names; 'none' for none)",
+        help="methods that preserve (UCE, SalUn, AdvUnlearn): comma-separated concepts to keep "
+        "(default: the task's unlearning.preserve prompts, else its unrelated and related class "
+        "names; 'none' for none)",
     )
-    parser.add_argument("--anchor", help="UCE: anchor prompt (default '' ; 'art' for styles)")
+    parser.add_argument(
+        "--anchor",
+        help="UCE, CA, SalUn: anchor prompt (default: the task's paired anchors, else the "
+        "method's own)",
+    )
     parser.add_argument("--negative-prompt", help="NEGPROMPT: the negative prompt to record")
-    parser.add_argument("--steps", type=int, help="ESD: training steps (default 1000)")
-    parser.add_argument("--lr", type=float, help="ESD: learning rate (default 1e-5)")
-    parser.add_argument("--eta", type=float, help="ESD: negative guidance (default 1.0)")
+    parser.add_argument("--steps", type=int, help="training steps (methods that train)")
+    parser.add_argument("--lr", type=float, help="learning rate (methods that train)")
+    parser.add_argument("--eta", type=float, help="ESD, AdvUnlearn: negative guidance")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     parser.add_argument(
         "--dtype",
         choices=("float32", "float16", "bfloat16"),
-        help="compute dtype (ESD: autocast around float32 master weights; UCE always solves in "
-        "float64); the weights written stay float32. Default float32",
+        help="compute dtype (training methods: autocast around float32 master weights; UCE "
+        "always solves in float64); the weights written stay float32. Default float32",
     )
     parser.add_argument(
         "--set",
@@ -187,8 +214,12 @@ def run(args: argparse.Namespace) -> int:
             f"the weights of {card['base']['reference']})"
         )
     for key, value in card["stats"].items():
-        if key != "train_loss":
+        if not isinstance(value, list | dict):  # loss curves and per-layer lists stay in the card
             print(f"  {key}: {value}")
+    cost = card.get("cost") or {}
+    if cost:
+        print(f"  cost: {cost.get('wall_seconds')} s wall, {cost.get('cpu_seconds')} s CPU, "
+              f"{cost.get('changed_parameters')} parameters changed")
     if card["negative_prompt"] is not None:
         print(f"generate with negative_prompt={card['negative_prompt']!r}")
     print(f"card: {result.card_path}")

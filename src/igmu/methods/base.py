@@ -86,6 +86,10 @@ class UnlearningMethod:
     def edit(self, pipeline: Any, task: Task, settings: dict[str, Any]) -> EditOutcome:
         raise NotImplementedError
 
+    def check(self, settings: dict[str, Any], task: Task) -> None:
+        """Refuse bad setting values (``ConfigError`` naming the setting) before any weights
+        load; ``apply`` calls it on the merged settings."""
+
     def write_form(
         self, pipeline: Any, folder: Path, outcome: EditOutcome
     ) -> dict[str, Any] | None:
@@ -122,6 +126,7 @@ class UnlearningMethod:
         if out is None:
             raise ConfigError(f"Method {self.name}: an output folder (out) is required")
         resolved = self.settings(settings, task)
+        self.check(resolved, task)
         from igmu.pipelines.load import torch_dtype
 
         torch_dtype(resolved["dtype"])  # an unknown dtype fails before anything loads
@@ -173,10 +178,9 @@ def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
 
 
 def get_method(name: str) -> UnlearningMethod:
-    """A method by name, case-insensitively (UCE, ESD, NEGPROMPT, ORG); "did you mean" on a miss."""
-    if name.upper() in METHODS:
-        return METHODS.get(name.upper())
-    return METHODS.get(name)
+    """A method by name, case-insensitively (UCE, SalUn, ...); "did you mean" on a miss."""
+    by_lower = {known.lower(): known for known in METHODS.names()}
+    return METHODS.get(by_lower.get(name.lower(), name))
 
 
 def unlearn(

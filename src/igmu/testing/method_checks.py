@@ -1,6 +1,6 @@
-"""Checks every unlearning method's tests share: load an output folder the way `igmu generate`
-does (through a models-file entry), and count how often the MiniWorld judges see the concept on
-a task's forget prompts."""
+"""Checks every unlearning method shares (tests and benchmarks/method_defaults.py): load an output
+folder the way `igmu generate` does (through a models-file entry), and count how often the
+MiniWorld judges see the concept on a task's forget prompts."""
 
 from __future__ import annotations
 
