@@ -9,9 +9,10 @@ full five-aspect evaluation, one table per task.
 prints, per method: the residual rate on forget prompts, multilingual and paraphrased prompts,
 prompt accuracy on unrelated and related prompts (preservation), FID against the world's true
 images (fidelity), CLIP score (alignment), each with its 95% interval, the best attack's
-success rate when ``--attacks`` is given, and the unlearning's cost from the method card (wall
-seconds, parameters changed or added). The run folder holds every image, each task's
-metrics.csv and report.html. Unlearned models are reused on a rerun (same settings, same key).
+success rate when ``--attacks`` is given, and the unlearning's cost (the efficiency aspect, from
+the method card: wall seconds, share of parameters changed or added). The run folder holds
+every image, each task's metrics.csv and report.html. Unlearned models are reused on a rerun
+(same settings, same key).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ COLUMNS = (
     ("related acc", "preservation", "prompt_accuracy.related"),
     ("fid_world", "fidelity", "fid_world"),
     ("clip_score", "alignment", "clip_score"),
+    ("unlearn s", "efficiency", "unlearn_wall_seconds"),
+    ("param share", "efficiency", "unlearn_parameter_share"),
 )
 
 
@@ -39,7 +42,9 @@ def cell(rows: list[dict[str, str]], aspect: str, prefix: str) -> str:
     for row in rows:
         if row["aspect"] == aspect and row["metric"].startswith(prefix) and (
                 "corrected" not in row["metric"]):
-            value, low, high = (float(row[k]) for k in ("value", "ci_low", "ci_high"))
+            value, low, high = (float(row[k] or "nan") for k in ("value", "ci_low", "ci_high"))
+            if aspect == "efficiency":  # one measurement, no interval
+                return f"{value:.3g}"
             if prefix.endswith("rate.") or "accuracy" in prefix:
                 return f"{value:.0%} [{low:.0%}, {high:.0%}]"
             return f"{value:.4g} [{low:.4g}, {high:.4g}]"
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     from igmu.generation import GenerateOptions, generate
     from igmu.methods import METHODS, read_method_card
     from igmu.miniworld.shipped import shipped_models
+    from igmu.report.data import load_report_data
+    from igmu.report.page import render_html
     from igmu.tasks import load_task
     from igmu.workflows.demo import DemoOptions, _unlearned, write_models_file
 
@@ -122,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.out / "runs" / name
         evaluate(task, generated.manifest, run_dir, models, EvaluationOptions(
             layout="manifest", store_path=args.out / "igmu.sqlite", progress=options.progress))
+        html, _ = render_html(load_report_data(run_dir))
+        (run_dir / "report.html").write_text(html, encoding="utf-8")
         with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
-        heads = [c[0] for c in COLUMNS] + (["best attack"] if attacks else []) + [
-            "unlearn s", "changed / added params"]
+        heads = [c[0] for c in COLUMNS] + (["best attack"] if attacks else [])
         lines = [f"\n{name}\n", "| method | " + " | ".join(heads) + " |",
                  "|" + "---|" * (len(heads) + 1)]
         for method in methods:
@@ -133,10 +141,6 @@ def main(argv: list[str] | None = None) -> int:
             cells = [cell(own, aspect, prefix) for _, aspect, prefix in COLUMNS]
             if attacks:
                 cells.append(best_attack(own))
-            spent = cost.get(method, {})
-            cells.append(f"{spent['wall_seconds']:.1f}" if spent else "-")
-            cells.append(f"{spent.get('changed_parameters', 0):,} / "
-                         f"{spent.get('added_parameters', 0):,}" if spent else "-")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         print("\n".join(lines), flush=True)
         (run_dir / "zoo_table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

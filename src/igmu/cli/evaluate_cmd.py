@@ -137,10 +137,10 @@ def _cell(value: float) -> str:
 def print_table(results: list) -> None:
     """The detailed table: by aspect (forgetting first), metric, then method (the reference
     first), the same order in `igmu evaluate` and `igmu demo`."""
-    from igmu.core.records import ASPECTS
+    from igmu.core.records import REPORTED_ASPECTS
 
     methods = sorted({r.method for r in results}, key=lambda m: (m != ORG, m))
-    results = sorted(results, key=lambda r: (ASPECTS.index(r.aspect), r.metric,
+    results = sorted(results, key=lambda r: (REPORTED_ASPECTS.index(r.aspect), r.metric,
                                              methods.index(r.method)))
     rows = [("aspect", "metric", "method", "value", "95% CI", "n", "")]
     for r in results:

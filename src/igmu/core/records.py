@@ -41,6 +41,10 @@ class ImageRecord:
 
 
 ASPECTS = ("forgetting", "fidelity", "preservation", "alignment", "robustness")
+# What the unlearning itself cost (from each method's card; lower is better): reported beside
+# the paper's five aspects, but not part of the verdict or the radar, which judge the images.
+EFFICIENCY = "efficiency"
+REPORTED_ASPECTS = (*ASPECTS, EFFICIENCY)
 
 
 

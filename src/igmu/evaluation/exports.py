@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from igmu.core.files import write_atomic
-from igmu.core.records import ASPECTS, METRICS_CSV, SAMPLES_CSV
+from igmu.core.records import METRICS_CSV, REPORTED_ASPECTS, SAMPLES_CSV
 from igmu.store import Store
 from igmu.tasks.model import Task
 
@@ -51,7 +51,9 @@ def write_exports(
     compute and why, metric notes, the judge audits used); in run.json, not in the run id."""
     aggregates = store.aggregates(run_id)
     order = method_order(sorted({a.method for a in aggregates}), spec["reference_method"])
-    aggregates.sort(key=lambda a: (order.index(a.method), ASPECTS.index(a.aspect), a.metric))
+    aggregates.sort(
+        key=lambda a: (order.index(a.method), REPORTED_ASPECTS.index(a.aspect), a.metric)
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(METRICS_COLUMNS)

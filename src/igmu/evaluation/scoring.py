@@ -22,6 +22,7 @@ from igmu.core.errors import ConfigError
 from igmu.core.records import Aggregate, ImageRecord, MetricResult, Sample
 from igmu.core.threads import chosen_threads
 from igmu.core.timings import Timings
+from igmu.evaluation.efficiency import efficiency
 from igmu.evaluation.executor import Executor, provider_key, text_key
 from igmu.evaluation.exports import write_exports
 from igmu.evaluation.pairing import PairedSet
@@ -163,9 +164,13 @@ def score(
     }
     images_list = sorted([r.method, str(r.key), executor.sha[r.path]] for r in all_records)
     spec = run_spec(task, options, models, providers, metric_names, resamples, images_list)
+    cost, cards = efficiency(sorted({r.method for r in all_records}), models)
+    if cards:  # a card's cost is part of what the run reports
+        spec["method_cards"] = cards
+        fingerprints["method_cards"] = cards
     run_id = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     run_dir.mkdir(parents=True, exist_ok=True)
-    aggregates = [r.aggregate for r in results]
+    aggregates = [r.aggregate for r in results] + cost
     samples = _stored_samples(results, executor)
     with timings.stage("comparisons"):
         run = StoredRun(run_dir, run_id, task.name, spec, fingerprints, {}, paired.left_out,

@@ -12,7 +12,7 @@ from typing import Any
 
 from igmu.core.constants import ORG
 from igmu.core.errors import ConfigError
-from igmu.core.records import ASPECTS, Aggregate, Comparison, Sample
+from igmu.core.records import REPORTED_ASPECTS, Aggregate, Comparison, Sample
 from igmu.store.sqlite import Store
 
 RUN_FILE = "run.json"
@@ -46,7 +46,7 @@ class StoredRun:
     def metrics(self) -> list[tuple[str, str, bool]]:
         """(aspect, metric, higher_is_better) in aspect order."""
         seen = {(a.aspect, a.metric, a.higher_is_better) for a in self.aggregates}
-        return sorted(seen, key=lambda c: (ASPECTS.index(c[0]), c[1]))
+        return sorted(seen, key=lambda c: (REPORTED_ASPECTS.index(c[0]), c[1]))
 
     def aggregate(self, method: str, metric: str) -> Aggregate | None:
         for a in self.aggregates:
