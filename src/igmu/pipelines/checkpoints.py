@@ -190,7 +190,9 @@ def apply_component(pipeline: Any, role: str, path: Path, where: str) -> None:
         import torch
 
         try:
-            loaded = type(module).from_pretrained(str(folder), torch_dtype=torch.float32)
+            # float32 after loading: transformers >= 4.56 renames torch_dtype, older ones
+            # do not know dtype, and both load float32 by default
+            loaded = type(module).from_pretrained(str(folder)).to(torch.float32)
         except Exception as exc:
             raise ModelNotFoundError(
                 f"{where}: cannot load {type(module).__name__} from {folder}: "
