@@ -76,11 +76,13 @@ from types import SimpleNamespace
 from typing import Any
 
 from igmu.methods.base import (
+    PAIRED_ANCHORS,
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
     register_method,
     require,
+    uses_task_pairs,
 )
 from igmu.methods.pipeline import adapter_of
 from igmu.tasks import Task
@@ -366,7 +368,7 @@ class AdvUnlearn(UnlearningMethod):
         from tqdm.auto import tqdm
 
         concepts, retain = concepts_and_preserved(task, settings)
-        paired = task.unlearning is not None and settings["concepts"] is None
+        paired = uses_task_pairs(task, settings)
         reference = settings["reference"]
         if reference == "auto":
             reference = "anchor" if paired else "null"
@@ -458,7 +460,7 @@ class AdvUnlearn(UnlearningMethod):
         return EditOutcome(
             concepts=concepts,
             preserved=retain if use_retain else [],
-            anchor="the task's unlearning.erase anchors" if references else "",
+            anchor=PAIRED_ANCHORS if references else "",
             hyperparameters=hyperparameters,
             edited_parameters=edited,
             stats={

@@ -243,6 +243,27 @@ def default_preserved(task: Task, concepts: list[str]) -> list[str]:
     return [n for n in unique(names) if n.lower() not in erased]
 
 
+PAIRED_ANCHORS = "the task's unlearning.erase anchors"  # the card's anchor for a task's pairs
+
+
+def uses_task_pairs(task: Task, settings: dict[str, Any]) -> bool:
+    """Whether a method trains on the task's in-context ``unlearning.erase`` pairs: the task has
+    them and neither ``concepts`` nor (for methods that take one) ``anchor`` is given."""
+    return (task.unlearning is not None and settings.get("concepts") is None
+            and settings.get("anchor") is None)
+
+
+def erase_anchors(task: Task, settings: dict[str, Any], concepts: list[str], fallback: str
+                  ) -> tuple[list[str], str]:
+    """(one anchor prompt per erase prompt, the anchor as the card records it): each prompt's
+    paired anchor for the task's pairs, else the ``anchor`` setting or ``fallback``."""
+    if uses_task_pairs(task, settings):
+        anchor_of = dict(task.unlearning.erase)
+        return [anchor_of[c] for c in concepts], PAIRED_ANCHORS
+    anchor = settings["anchor"] if settings.get("anchor") is not None else fallback
+    return [anchor] * len(concepts), anchor
+
+
 def concepts_and_preserved(task: Task, settings: dict[str, Any]) -> tuple[list[str], list[str]]:
     concepts = settings.get("concepts")
     concepts = default_concepts(task) if concepts is None else unique(concepts)

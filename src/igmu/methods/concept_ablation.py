@@ -61,8 +61,10 @@ from igmu.methods.base import (
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
+    erase_anchors,
     register_method,
     require,
+    uses_task_pairs,
 )
 from igmu.methods.pipeline import adapter_of
 from igmu.tasks import Task
@@ -77,10 +79,8 @@ def target_and_anchor_prompts(task: Task, settings: dict[str, Any]
     """(target prompts, their anchor prompts, how the anchor was chosen)."""
     concepts, _ = concepts_and_preserved(task, {"concepts": settings["concepts"],
                                                 "preserve": []})
-    if task.unlearning is not None and settings["concepts"] is None and (
-            settings["anchor"] is None):
-        anchor_of = dict(task.unlearning.erase)
-        return concepts, [anchor_of[c] for c in concepts], "the task's unlearning.erase anchors"
+    if uses_task_pairs(task, settings):
+        return concepts, *erase_anchors(task, settings, concepts, "")
     style = task.node.startswith("style.")
     anchor = settings["anchor"]
     if anchor is None:

@@ -55,11 +55,13 @@ from pathlib import Path
 from typing import Any
 
 from igmu.methods.base import (
+    PAIRED_ANCHORS,
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
     register_method,
     require,
+    uses_task_pairs,
 )
 from igmu.methods.pipeline import adapter_of
 from igmu.tasks import Task
@@ -228,7 +230,7 @@ class ConceptPrune(UnlearningMethod):
         skill = default_skill_ratio(task) if skill is None else float(skill)
         concepts, _ = concepts_and_preserved(task, {"concepts": settings["concepts"],
                                                     "preserve": []})
-        paired = task.unlearning is not None and settings["concepts"] is None
+        paired = uses_task_pairs(task, settings)
         bases = [dict(task.unlearning.erase)[c] for c in concepts] if paired else [""] * len(
             concepts)
         device = torch.device(settings["device"])
@@ -274,7 +276,7 @@ class ConceptPrune(UnlearningMethod):
         return EditOutcome(
             concepts=concepts,
             preserved=[],
-            anchor="the task's unlearning.erase anchors" if paired else "",
+            anchor=PAIRED_ANCHORS if paired else "",
             hyperparameters=hyperparameters,
             edited_parameters=[],
             stats={

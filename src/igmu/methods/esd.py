@@ -41,11 +41,13 @@ import random
 from typing import Any
 
 from igmu.methods.base import (
+    PAIRED_ANCHORS,
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
     register_method,
     require,
+    uses_task_pairs,
 )
 from igmu.methods.pipeline import adapter_of
 from igmu.tasks import Task
@@ -198,7 +200,7 @@ class ESD(UnlearningMethod):
         # ESD conditions on the concept alone; preserved concepts are not part of its loss.
         concepts, _ = concepts_and_preserved(task, {"concepts": settings["concepts"],
                                                     "preserve": []})
-        paired = task.unlearning is not None and settings["concepts"] is None
+        paired = uses_task_pairs(task, settings)
         reference = settings["reference"]
         if reference == "auto":
             reference = "anchor" if paired else "null"
@@ -272,7 +274,7 @@ class ESD(UnlearningMethod):
         return EditOutcome(
             concepts=concepts,
             preserved=[],
-            anchor="the task's unlearning.erase anchors" if anchors else "",
+            anchor=PAIRED_ANCHORS if anchors else "",
             hyperparameters=hyperparameters,
             edited_parameters=names,
             stats={

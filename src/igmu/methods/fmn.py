@@ -64,11 +64,13 @@ from igmu.methods._concept_training import (
     parameter_group,
 )
 from igmu.methods.base import (
+    PAIRED_ANCHORS,
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
     register_method,
     require,
+    uses_task_pairs,
 )
 from igmu.methods.pipeline import adapter_of
 from igmu.tasks import Task
@@ -206,7 +208,7 @@ def training_prompts(task: Task, settings: dict[str, Any]
     """(prompts, anchors or None, concept phrases or None, the concepts for the card)."""
     concepts, _ = concepts_and_preserved(task, {"concepts": settings["concepts"],
                                                 "preserve": []})
-    if task.unlearning is not None and settings["concepts"] is None:
+    if uses_task_pairs(task, settings):
         anchor_of = dict(task.unlearning.erase)
         return concepts, [anchor_of[c] for c in concepts], None, concepts
     template = STYLE_TEMPLATE if task.node.startswith("style.") else OBJECT_TEMPLATE
@@ -347,7 +349,7 @@ class FMN(UnlearningMethod):
         return EditOutcome(
             concepts=concepts,
             preserved=[],
-            anchor="the task's unlearning.erase anchors" if anchors is not None else None,
+            anchor=PAIRED_ANCHORS if anchors is not None else None,
             hyperparameters=hyperparameters,
             edited_parameters=edited,
             stats={

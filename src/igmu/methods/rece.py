@@ -45,6 +45,7 @@ from igmu.methods.base import (
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
+    erase_anchors,
     register_method,
     require,
 )
@@ -111,15 +112,7 @@ class RECE(UnlearningMethod):
         import torch
 
         concepts, preserved = concepts_and_preserved(task, settings)
-        paired = (task.unlearning is not None and settings["concepts"] is None
-                  and settings["anchor"] is None)
-        if paired:
-            anchor_of = dict(task.unlearning.erase)
-            anchors = [anchor_of[c] for c in concepts]
-            anchor: Any = "the task's unlearning.erase anchors"
-        else:
-            anchor = settings["anchor"] if settings["anchor"] is not None else default_anchor(task)
-            anchors = [anchor] * len(concepts)
+        anchors, anchor = erase_anchors(task, settings, concepts, default_anchor(task))
         device = torch.device(settings["device"])
         adapter = adapter_of(pipeline)
         projections = adapter.cross_attention_projections(keys=True)

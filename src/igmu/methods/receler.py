@@ -54,11 +54,13 @@ from typing import Any
 
 from igmu.methods._concept_training import autocast, latent_shape
 from igmu.methods.base import (
+    PAIRED_ANCHORS,
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
     register_method,
     require,
+    uses_task_pairs,
 )
 from igmu.methods.fmn import attention_probs, concept_masks
 from igmu.methods.pipeline import adapter_of
@@ -224,7 +226,7 @@ class Receler(UnlearningMethod):
 
         concepts, _ = concepts_and_preserved(task, {"concepts": settings["concepts"],
                                                     "preserve": []})
-        paired = task.unlearning is not None and settings["concepts"] is None
+        paired = uses_task_pairs(task, settings)
         reference = settings["reference"]
         if reference == "auto":
             reference = "anchor" if paired else "null"
@@ -372,7 +374,7 @@ class Receler(UnlearningMethod):
         return EditOutcome(
             concepts=concepts,
             preserved=[],
-            anchor="the task's unlearning.erase anchors" if reference == "anchor" else "",
+            anchor=PAIRED_ANCHORS if reference == "anchor" else "",
             hyperparameters=hyperparameters,
             edited_parameters=[],
             stats={

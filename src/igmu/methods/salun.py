@@ -71,6 +71,7 @@ from igmu.methods.base import (
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
+    erase_anchors,
     register_method,
     require,
 )
@@ -150,17 +151,8 @@ class SalUn(UnlearningMethod):
         from tqdm.auto import tqdm
 
         concepts, preserved = concepts_and_preserved(task, settings)
-        paired = (task.unlearning is not None and settings["concepts"] is None
-                  and settings["anchor"] is None)
-        if paired:
-            anchor_of = dict(task.unlearning.erase)
-            pseudo = [anchor_of[c] for c in concepts]
-            anchor: Any = "the task's unlearning.erase anchors"
-        else:
-            anchor = settings["anchor"]
-            if anchor is None:
-                anchor = preserved[0] if preserved else ""
-            pseudo = [anchor] * len(concepts)
+        # the random label: each prompt's paired anchor, else another class (a preserved one)
+        pseudo, anchor = erase_anchors(task, settings, concepts, preserved[0] if preserved else "")
         require(settings["alpha"] == 0 or bool(preserved),
                 "SalUn: the retain term (alpha > 0) needs preserved prompts ('preserve')")
 

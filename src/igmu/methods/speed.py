@@ -43,8 +43,10 @@ from igmu.methods.base import (
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
+    erase_anchors,
     register_method,
     require,
+    uses_task_pairs,
 )
 from igmu.methods.pipeline import adapter_of, encode_prompts
 from igmu.methods.uce import default_anchor, token_vectors
@@ -161,15 +163,8 @@ class SPEED(UnlearningMethod):
         import torch
 
         concepts, preserved = concepts_and_preserved(task, settings)
-        paired = (task.unlearning is not None and settings["concepts"] is None
-                  and settings["anchor"] is None)
-        if paired:
-            anchor_of = dict(task.unlearning.erase)
-            anchors = [anchor_of[c] for c in concepts]
-            anchor: Any = "the task's unlearning.erase anchors"
-        else:
-            anchor = settings["anchor"] if settings["anchor"] is not None else default_anchor(task)
-            anchors = [anchor] * len(concepts)
+        paired = uses_task_pairs(task, settings)
+        anchors, anchor = erase_anchors(task, settings, concepts, default_anchor(task))
         mode = settings["tokens"]
         if mode == "auto":
             mode = "context" if paired else ("all" if task.node.startswith("nsfw") else "last")

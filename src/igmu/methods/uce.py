@@ -57,9 +57,11 @@ from igmu.methods.base import (
     EditOutcome,
     UnlearningMethod,
     concepts_and_preserved,
+    erase_anchors,
     register_method,
     require,
     unique,
+    uses_task_pairs,
 )
 from igmu.methods.pipeline import adapter_of, encode_prompts
 from igmu.tasks import Task
@@ -224,11 +226,7 @@ class UCE(UnlearningMethod):
         require(settings["erase_scale"] > 0, "UCE setting 'erase_scale' must be > 0")
         require(settings["preserve_scale"] >= 0, "UCE setting 'preserve_scale' must be >= 0")
         concepts, preserved = concepts_and_preserved(task, settings)
-        paired = (
-            task.unlearning is not None
-            and settings["concepts"] is None
-            and settings["anchor"] is None
-        )
+        paired = uses_task_pairs(task, settings)
         if mode == "auto":
             mode = "context" if paired else "last"
         if settings["expand"]:
@@ -236,13 +234,7 @@ class UCE(UnlearningMethod):
                     "in-context erase pairs; pass 'concepts' too")
             templates = STYLE_TEMPLATES if task.node.startswith("style.") else OBJECT_TEMPLATES
             concepts = unique(concepts + [t.format(c=c) for c in concepts for t in templates])
-        if paired:
-            anchor_of = dict(task.unlearning.erase)
-            anchor_list = [anchor_of[c] for c in concepts]
-            anchor: Any = "the task's unlearning.erase anchors"
-        else:
-            anchor = settings["anchor"] if settings["anchor"] is not None else default_anchor(task)
-            anchor_list = [anchor] * len(concepts)
+        anchor_list, anchor = erase_anchors(task, settings, concepts, default_anchor(task))
 
         device = torch.device(settings["device"])
         adapter = adapter_of(pipeline)
