@@ -9,6 +9,8 @@
   of the denoising loss for the scheduler's prediction type (epsilon, v, sample).
 - `parameter_group`: the UNet parameters a method trains, by the authors' group names.
 - `autocast`: mixed precision in the settings' compute dtype around float32 master weights.
+- `ShuffledBatches`: images drawn in a fresh random order every pass (a shuffling DataLoader).
+- `check_image_training`: the checks of the settings FMN and CA share.
 """
 
 from __future__ import annotations
@@ -138,3 +140,31 @@ class TrainingNoise:
         if self.kind == "v_prediction":
             return self.scheduler.get_velocity(x0, noise, t)
         return x0
+
+
+class ShuffledBatches:
+    """Indices 0..count-1 in a fresh ``rng`` order every pass; ``take(n)`` the next n (a pass
+    is appended when fewer than n remain, as a shuffling DataLoader that drops nothing)."""
+
+    def __init__(self, count: int, rng: Any) -> None:
+        self.count, self.rng, self.order = count, rng, []
+
+    def take(self, n: int) -> list[int]:
+        if len(self.order) < n:
+            fresh = list(range(self.count))
+            self.rng.shuffle(fresh)
+            self.order += fresh
+        picked, self.order = self.order[:n], self.order[n:]
+        return picked
+
+
+def check_image_training(method: str, settings: dict[str, Any]) -> None:
+    """The settings of a fine-tune on the original model's images (FMN, CA)."""
+    for key in ("steps", "probe", "latent_size"):
+        require(settings[key] >= 0, f"{method} setting {key!r} must be >= 0")
+    for key in ("batch_size", "images", "image_steps"):
+        require(settings[key] >= 1, f"{method} setting {key!r} must be >= 1")
+    require(settings["lr"] > 0, f"{method} setting 'lr' must be > 0")
+    require(settings["weight_decay"] >= 0, f"{method} setting 'weight_decay' must be >= 0")
+    require(settings["max_grad_norm"] > 0, f"{method} setting 'max_grad_norm' must be > 0")
+    require(settings["image_guidance"] >= 0, f"{method} setting 'image_guidance' must be >= 0")

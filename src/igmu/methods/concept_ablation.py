@@ -52,8 +52,10 @@ from typing import Any
 
 from igmu.methods._concept_training import (
     ImageSampler,
+    ShuffledBatches,
     TrainingNoise,
     autocast,
+    check_image_training,
     latent_shape,
     parameter_group,
 )
@@ -121,14 +123,7 @@ class CA(UnlearningMethod):
     }
 
     def check(self, settings: dict[str, Any], task: Task) -> None:
-        for key in ("steps", "probe", "latent_size"):
-            require(settings[key] >= 0, f"CA setting {key!r} must be >= 0")
-        for key in ("batch_size", "images", "image_steps"):
-            require(settings[key] >= 1, f"CA setting {key!r} must be >= 1")
-        require(settings["lr"] > 0, "CA setting 'lr' must be > 0")
-        require(settings["weight_decay"] >= 0, "CA setting 'weight_decay' must be >= 0")
-        require(settings["max_grad_norm"] > 0, "CA setting 'max_grad_norm' must be > 0")
-        require(settings["image_guidance"] >= 0, "CA setting 'image_guidance' must be >= 0")
+        check_image_training("CA", settings)
         require(settings["params"] in PARAMS, f"CA setting 'params' must be one of {PARAMS}")
 
     def edit(self, pipeline: Any, task: Task, settings: dict[str, Any]) -> EditOutcome:
@@ -190,18 +185,13 @@ class CA(UnlearningMethod):
         names, params = parameter_group(unet, settings["params"], "CA")
         optimizer = torch.optim.AdamW(params, lr=settings["lr"], betas=(0.9, 0.999), eps=1e-8,
                                       weight_decay=settings["weight_decay"])
-        rng = random.Random(seed)
+        batches = ShuffledBatches(count, random.Random(seed))
         generator = torch.Generator("cpu").manual_seed(seed)
-        order: list[int] = []
         losses, touched = [], set()
         bar = tqdm(range(settings["steps"]), desc="CA", disable=not settings["progress"],
                    leave=False)
         for _ in bar:
-            if len(order) < settings["batch_size"]:
-                fresh = list(range(count))
-                rng.shuffle(fresh)
-                order += fresh
-            rows, order = order[: settings["batch_size"]], order[settings["batch_size"]:]
+            rows = batches.take(settings["batch_size"])
             x0 = x0_all[rows]
             if settings["hflip"]:
                 flip = torch.rand(len(rows), generator=generator) < 0.5

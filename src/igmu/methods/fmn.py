@@ -58,8 +58,10 @@ from typing import Any
 from igmu.methods._concept_training import (
     PARAMETER_GROUPS,
     ImageSampler,
+    ShuffledBatches,
     TrainingNoise,
     autocast,
+    check_image_training,
     latent_shape,
     parameter_group,
 )
@@ -244,14 +246,7 @@ class FMN(UnlearningMethod):
     }
 
     def check(self, settings: dict[str, Any], task: Task) -> None:
-        for key in ("steps", "probe", "latent_size"):
-            require(settings[key] >= 0, f"FMN setting {key!r} must be >= 0")
-        for key in ("batch_size", "images", "image_steps"):
-            require(settings[key] >= 1, f"FMN setting {key!r} must be >= 1")
-        require(settings["lr"] > 0, "FMN setting 'lr' must be > 0")
-        require(settings["weight_decay"] >= 0, "FMN setting 'weight_decay' must be >= 0")
-        require(settings["max_grad_norm"] > 0, "FMN setting 'max_grad_norm' must be > 0")
-        require(settings["image_guidance"] >= 0, "FMN setting 'image_guidance' must be >= 0")
+        check_image_training("FMN", settings)
         require(settings["params"] in PARAMETER_GROUPS,
                 f"FMN setting 'params' must be one of {PARAMETER_GROUPS}")
 
@@ -309,19 +304,14 @@ class FMN(UnlearningMethod):
         before = probe_loss()
         optimizer = torch.optim.AdamW(params, lr=settings["lr"], betas=(0.9, 0.999), eps=1e-8,
                                       weight_decay=settings["weight_decay"])
-        rng = random.Random(seed)
+        batches = ShuffledBatches(count, random.Random(seed))
         generator = torch.Generator("cpu").manual_seed(seed)
-        order: list[int] = []
         touched: set[str] = set()
         losses = []
         bar = tqdm(range(settings["steps"]), desc="FMN", disable=not settings["progress"],
                    leave=False)
         for _ in bar:
-            if len(order) < settings["batch_size"]:
-                fresh = list(range(count))
-                rng.shuffle(fresh)
-                order += fresh
-            batch, order = order[: settings["batch_size"]], order[settings["batch_size"]:]
+            batch = batches.take(settings["batch_size"])
             z, t, _ = noise.draw(x0[batch], generator)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_of(batch, z.to(device), t)

@@ -62,6 +62,7 @@ from typing import Any
 
 from igmu.methods._concept_training import (
     ImageSampler,
+    ShuffledBatches,
     TrainingNoise,
     autocast,
     latent_shape,
@@ -220,9 +221,8 @@ class SalUn(UnlearningMethod):
         names, params = parameter_group(unet, settings["params"], "SalUn")
         device_masks = {n: masks[n].to(device) for n in names}
         optimizer = torch.optim.Adam(params, lr=settings["lr"])
-        rng = random.Random(seed)
         generator = torch.Generator("cpu").manual_seed(seed)
-        retain_order: list[int] = []
+        retain_batches = ShuffledBatches(count, random.Random(seed))
         steps = settings["epochs"] * len(batches)
         losses, touched = [], set()
         bar = tqdm(range(steps), desc="SalUn", disable=not settings["progress"], leave=False)
@@ -231,11 +231,7 @@ class SalUn(UnlearningMethod):
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             if retain_x0 is not None:
-                if len(retain_order) < len(rows):
-                    fresh = list(range(count))
-                    rng.shuffle(fresh)
-                    retain_order += fresh
-                picked, retain_order = retain_order[: len(rows)], retain_order[len(rows):]
+                picked = retain_batches.take(len(rows))
                 x0 = retain_x0[picked]
                 z, t, eps = noise.draw(x0, generator)
                 z, t, eps, x0 = z.to(device), t.to(device), eps.to(device), x0.to(device)
