@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from igmu.backbones.config import default_models_config
     from igmu.methods import get_method
     from igmu.tasks import load_task
-    from igmu.testing.method_checks import load_method, training_rates
+    from igmu.testing.method_checks import load_sampled, training_rates
 
     torch.set_num_threads(args.threads)
     task = load_task(args.task)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} threads; {torch.__version__}", flush=True)
     rows = []
     if not args.no_org:
-        rates = training_rates(load_method(Path(base), task), task, args.prompts)
+        rates = training_rates(load_sampled(Path(base), task), task, args.prompts)
         rows.append({"method": "ORG", "settings": {}, **rates, "seconds": 0.0})
         print(f"ORG: erase residual {rates['erase_residual']:.3f}, preserve accuracy "
               f"{rates['preserve_accuracy']:.3f}", flush=True)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             result = method.apply(base, task, settings, out)
             seconds = time.perf_counter() - started
-            rates = training_rates(load_method(out, task), task, args.prompts)
+            rates = training_rates(load_sampled(out, task), task, args.prompts)
             row = {"method": method.name, "task": task.name, "settings": {**fixed, **point},
                    **rates, "seconds": round(seconds, 1),
                    "hyperparameters": result.card["hyperparameters"]}

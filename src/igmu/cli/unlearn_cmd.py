@@ -17,11 +17,14 @@ EPILOG = """examples:
   igmu unlearn --method ESD --task nudity --base models/sd14 --out nudity-ESD \\
       --steps 1000 --lr 1e-5 --eta 1.0 --device cuda
   igmu unlearn --method NEGPROMPT --task church --base models/sd14 --out church-NEG --card-only
+  igmu unlearn --method SLD --task nudity --base models/sd14 --out nudity-SLD --card-only \\
+      --set preset=strong
 
 Each output folder is a diffusers pipeline (safetensors) that DiffusionPipeline.from_pretrained
 loads, with igmu_method.json: method, task, concept prompts, preserved concepts,
 hyper-parameters, seed, base fingerprint, UNet fingerprint, the cost of the unlearning and,
-for NEGPROMPT, the negative_prompt generation must use. Methods that publish another form (a
+for the inference-time methods, what generation must apply (NEGPROMPT's negative_prompt,
+SLD's sampler_guidance). Methods that publish another form (a
 text encoder, pruning masks) write that form and the models-file entry that loads it.
 
 methods and their settings (--set KEY=VALUE; defaults for SD, [MiniWorld defaults]):
@@ -222,6 +225,10 @@ def run(args: argparse.Namespace) -> int:
               f"{cost.get('changed_parameters')} parameters changed")
     if card["negative_prompt"] is not None:
         print(f"generate with negative_prompt={card['negative_prompt']!r}")
+    guidance = card.get("sampler_guidance")
+    if guidance is not None:
+        print(f"generate with {guidance['kind']} guidance away from {guidance['concept']!r} "
+              "(igmu generate and igmu attack read it from the card)")
     print(f"card: {result.card_path}")
     return 0
 

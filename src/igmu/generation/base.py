@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from igmu.core.errors import ConfigError
+from igmu.pipelines.guidance import SafeLatentGuidance
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class GenerationSettings:
     height: int
     width: int
     negative_prompt: str | None = None
+    # inference-time guidance of a method (SLD); None for every other method
+    sampler_guidance: SafeLatentGuidance | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_inference_steps", "height", "width"):
@@ -39,9 +42,16 @@ class GenerationSettings:
         object.__setattr__(self, "guidance_scale", float(self.guidance_scale))
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
             raise ConfigError("generation setting 'negative_prompt' must be text or null")
+        if self.sampler_guidance is not None:
+            object.__setattr__(self, "sampler_guidance", SafeLatentGuidance.from_dict(
+                self.sampler_guidance, "generation settings"))
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        if self.sampler_guidance is None:
+            # absent rather than null: the cache keys of methods without it stay what they were
+            del values["sampler_guidance"]
+        return values
 
 
 @runtime_checkable

@@ -2,8 +2,9 @@
 
 The pipeline is called as ``pipeline(prompt=[...], negative_prompt=[...] (only when set),
 num_inference_steps=, guidance_scale=, height=, width=, generator=[torch.Generator, ...],
-output_type="np")`` and must return ``.images`` (float arrays in [0, 1] or PIL images). Loading
-and fingerprinting live in `igmu.pipelines.load`.
+output_type="np")`` and must return ``.images`` (float arrays in [0, 1] or PIL images); a
+method's inference-time guidance (SLD, ``settings.sampler_guidance``) is applied to that call by
+`igmu.pipelines.guidance.sampling_with`. Loading and fingerprinting live in `igmu.pipelines.load`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from igmu.core.errors import ConfigError
 from igmu.generation.base import GenerationSettings, to_uint8_images
+from igmu.pipelines.guidance import sampling_with
 from igmu.pipelines.load import FINGERPRINT_FORMAT, pipeline_fingerprint
 from igmu.pipelines.sources import PipelineSource, load_source
 
@@ -148,8 +150,10 @@ class DiffusersGenerator:
         }
         if settings.negative_prompt is not None:
             kwargs["negative_prompt"] = [settings.negative_prompt] * len(seeds)
+        guidance = settings.sampler_guidance
         try:
-            with torch.no_grad():
+            with torch.no_grad(), sampling_with(guidance, self.pipeline, len(seeds),
+                                                settings.num_inference_steps):
                 result = self.pipeline(**kwargs)
         except (ValueError, TypeError) as exc:
             raise ConfigError(

@@ -12,6 +12,7 @@ from igmu.core.errors import ConfigError
 from igmu.core.registry import did_you_mean
 from igmu.generation.base import GenerationSettings
 from igmu.pipelines.card import read_method_card
+from igmu.pipelines.guidance import SafeLatentGuidance
 from igmu.pipelines.sources import PipelineSource
 from igmu.tasks.model import Task
 
@@ -68,27 +69,30 @@ def known_methods(models: ModelsConfig) -> list[str]:
 
 
 def _from_card(
-    name: str, model: str, field: str, negative: str | None, explicit_negative: bool
-) -> tuple[str, str, str | None, dict[str, Any]]:
-    """Apply a method card: its negative prompt and, for a folder without a pipeline, its base
-    model plus the weights of the method's published form (``models_entry``, relative to the
-    folder), as fields of `PipelineSource`."""
+    name: str, model: str, field: str, settings: GenerationSettings, explicit_negative: bool
+) -> tuple[str, str, GenerationSettings, dict[str, Any]]:
+    """Apply a method card: its negative prompt and sampler guidance and, for a folder without a
+    pipeline, its base model plus the weights of the method's published form (``models_entry``,
+    relative to the folder), as fields of `PipelineSource`."""
     folder = Path(model).expanduser()
     card = read_method_card(folder) if folder.is_dir() else None
     if card is None:
-        return model, field, negative, {}
+        return model, field, settings, {}
     if not explicit_negative and card.get("negative_prompt") is not None:
-        negative = str(card["negative_prompt"])
+        settings = replace(settings, negative_prompt=str(card["negative_prompt"]))
+    if card.get("sampler_guidance") is not None:
+        guidance = SafeLatentGuidance.from_dict(card["sampler_guidance"], str(folder / METHOD_CARD))
+        settings = replace(settings, sampler_guidance=guidance)
     if (folder / "model_index.json").is_file():
-        return model, field, negative, {}
+        return model, field, settings, {}
     weights = _form_weights(card.get("models_entry") or {}, folder)
     base = card.get("base") or {}
     location, reference = base.get("location"), base.get("reference")
     where = f"{field} (base of {folder / METHOD_CARD})"
     if location and Path(location).is_dir():
-        return str(location), where, negative, weights
+        return str(location), where, settings, weights
     if reference:
-        return str(reference), where, negative, weights
+        return str(reference), where, settings, weights
     raise ConfigError(
         f"{folder / METHOD_CARD}: method {name!r} has no pipeline folder and its card "
         "names no base model"
@@ -125,12 +129,12 @@ def resolve_method(
         explicit = "negative_prompt" in entry
         field = f"methods.{name}"
         source = PipelineSource.from_entry(entry, str(generator["model"]), field)
-        negative = entry.get("negative_prompt")
+        settings = replace(settings, negative_prompt=entry.get("negative_prompt"))
         if not source.augmented and ("model" in entry or "base" in entry):
-            model, field, negative, weights = _from_card(
-                name, source.base, field, negative, explicit)
+            model, field, settings, weights = _from_card(
+                name, source.base, field, settings, explicit)
             source = replace(source, base=model, field=field, **weights)
-        return _spec(name, source, replace(settings, negative_prompt=negative))
+        return _spec(name, source, settings)
     if name == NEGPROMPT:
         return _spec(name, PipelineSource(str(generator["model"])),
                      replace(settings, negative_prompt=task.concept_name))

@@ -6,7 +6,7 @@ or a pipeline object) that has ``unet`` (``UNet2DConditionModel``), ``text_encod
 full diffusers pipeline folder (safetensors) that ``DiffusionPipeline.from_pretrained(DIR)``
 loads, plus ``DIR/igmu_method.json`` (the method card): method, task, concept prompts, preserved
 concepts, hyper-parameters, seed, base fingerprint, resulting UNet fingerprint and, for
-inference-time methods, the ``negative_prompt`` generation must use.
+inference-time methods, the ``negative_prompt`` or ``sampler_guidance`` generation must use.
 
 Heavy libraries (torch, diffusers, transformers) are imported inside functions so that
 ``igmu --help`` stays fast.
@@ -52,6 +52,7 @@ class EditOutcome:
     hyperparameters: dict[str, Any]
     anchor: str | None = None
     negative_prompt: str | None = None
+    sampler_guidance: dict[str, Any] | None = None  # inference-time guidance (SLD)
     edited_parameters: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 

@@ -36,7 +36,14 @@ def build_card(
     outcome: EditOutcome,
 ) -> dict[str, Any]:
     negative = outcome.negative_prompt
-    if negative is not None:
+    guidance = outcome.sampler_guidance
+    if guidance is not None:
+        usage = (
+            f"Weights are the base model's. Generate with the sampler guidance "
+            f"{guidance['kind']!r} away from {guidance['concept']!r} (igmu.pipelines.guidance), "
+            "same seeds, steps and guidance scale as ORG."
+        )
+    elif negative is not None:
         usage = (
             f"Weights are the base model's. Generate with negative_prompt={negative!r} in place "
             "of the empty unconditional prompt (classifier-free guidance), same seeds and steps "
@@ -65,6 +72,8 @@ def build_card(
         "weights_changed": method.changes_weights,
         "edited_parameters": outcome.edited_parameters,
         "stats": outcome.stats,
-        "generation": {"negative_prompt": negative, "usage": usage},
+        "sampler_guidance": guidance,
+        "generation": {"negative_prompt": negative, "sampler_guidance": guidance,
+                       "usage": usage},
         "software": software_versions(),
     }

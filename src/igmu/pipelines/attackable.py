@@ -14,7 +14,7 @@ family adapter.
   configuration, through the adapter's ``predict_noise``. When the method is sampled with a
   negative prompt (NEGPROMPT), the prediction is the classifier-free-guided one (``guided_noise``)
   with the adapter's unconditional branch for it, because that is the denoiser the user samples
-  with.
+  with; for a method sampled with SLD, SLD's guided prediction (`igmu.pipelines.guidance`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 from igmu.core.errors import ConfigError
 from igmu.families import Conditioning
+from igmu.pipelines.guidance import guided_prediction, safety_conditioning
 
 GUIDED_LOSS = ("auto", "on", "off")
 VOCABULARIES = ("all", "ascii", "words")
@@ -75,7 +76,9 @@ class AttackedModel:
             raise ConfigError(f"unsupported scheduler prediction_type {self.prediction_type!r}")
         self.negative_prompt = settings.negative_prompt
         self.guidance = float(settings.guidance_scale)
+        self.sampler_guidance = getattr(settings, "sampler_guidance", None)
         self._negative: Any = None
+        self._safety: Any = None
 
     def _check_shared_vocabulary(self) -> None:
         """Token ids are shared by every encoder: their tokenizers must agree on them."""
@@ -241,10 +244,13 @@ class AttackedModel:
 
     def guided(self, mode: str) -> bool:
         """Whether the loss uses the guided prediction: ``auto`` = when the method is sampled
-        with a negative prompt; ``on``; ``off`` (the conditional prediction alone)."""
+        with a negative prompt or a sampler guidance (SLD); ``on``; ``off`` (the conditional
+        prediction alone)."""
         if mode not in GUIDED_LOSS:
             raise ConfigError(f"guided_loss must be one of {GUIDED_LOSS}, got {mode!r}")
-        return self.negative_prompt is not None if mode == "auto" else mode == "on"
+        if mode == "auto":
+            return self.negative_prompt is not None or self.sampler_guidance is not None
+        return mode == "on"
 
     def predict(self, noisy: Any, t: Any, states: Any, guided: bool) -> Any:
         """The denoiser's output for a conditioning (or a context tensor) of 1 or B rows; with
@@ -253,7 +259,21 @@ class AttackedModel:
         cond = states if isinstance(states, Conditioning) else Conditioning(states)
         if not guided:
             return self.family.predict_noise(noisy, t, cond)
+        if self.sampler_guidance is not None:
+            return guided_prediction(self.family, self.sampler_guidance, noisy, t, cond,
+                                     self.negative_states(), self.guidance, self.safety_states(),
+                                     self.schedule)
         return self.family.guided_noise(noisy, t, cond, self.negative_states(), self.guidance)
+
+    def safety_states(self) -> Conditioning:
+        """The safety concept's conditioning of the method's SLD guidance."""
+        import torch
+
+        if self._safety is None:
+            with torch.no_grad():
+                safety = safety_conditioning(self.family, self.sampler_guidance)
+            self._safety = safety.to(device=self.device, dtype=torch.float32)
+        return self._safety
 
     def loss(self, draws: tuple[Any, Any, Any], states: Any, guided: bool) -> Any:
         import torch

@@ -1,5 +1,6 @@
 """The method card beside an unlearned model, read back: what loading and sampling the model
-folder need from it (its base, the published form's weights, the negative prompt). Written by
+folder need from it (its base, the published form's weights, the negative prompt, the sampler
+guidance). Written by
 `igmu.methods.card.build_card`; reading needs neither torch nor diffusers."""
 
 from __future__ import annotations
@@ -33,3 +34,9 @@ def negative_prompt_of(folder: str | Path) -> str | None:
     """The negative prompt a model folder must be generated with (NEGPROMPT), else None."""
     card = read_method_card(folder)
     return None if card is None else card.get("negative_prompt")
+
+
+def sampler_guidance_of(folder: str | Path) -> dict[str, Any] | None:
+    """The inference-time guidance (SLD) a model folder must be sampled with, else None."""
+    card = read_method_card(folder)
+    return None if card is None else card.get("sampler_guidance")

@@ -1,20 +1,30 @@
 """Checks every unlearning method shares (tests and benchmarks/method_defaults.py): load an output
 folder the way `igmu generate` does (through a models-file entry), and count how often the
-MiniWorld judges see the concept on a task's forget prompts."""
+MiniWorld judges see the concept on a task's forget prompts. A "model" is a pipeline or a
+`SampledMethod` (a pipeline with its inference-time negative prompt or sampler guidance)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
-def load_method(folder: Path, task: Any, models: Any = None) -> Any:
-    """The pipeline ``igmu generate`` samples for a method whose models-file entry is ``folder``
-    (a pipeline folder, or a published form named by its method card)."""
-    from dataclasses import replace
+@dataclass(frozen=True)
+class SampledMethod:
+    """A method as ``igmu generate`` samples it: the pipeline, plus the negative prompt
+    (NEGPROMPT) or sampler guidance (SLD) its card asks for."""
 
+    pipeline: Any
+    negative_prompt: str | None = None
+    sampler_guidance: Any = None
+
+
+def load_sampled(folder: Path, task: Any, models: Any = None) -> SampledMethod:
+    """The method ``igmu generate`` samples for a models-file entry ``folder`` (a pipeline
+    folder, or a published form or inference-time method named by its method card)."""
     from igmu.backbones.config import ModelsConfig, default_models_config
     from igmu.generation.plan import SettingOverrides, base_settings, resolve_method
     from igmu.pipelines.sources import load_source
@@ -25,21 +35,34 @@ def load_method(folder: Path, task: Any, models: Any = None) -> Any:
     spec = resolve_method("X", task, config, base_settings(config, SettingOverrides()))
     pipeline = load_source(spec.pipeline_source)
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return SampledMethod(pipeline, spec.settings.negative_prompt, spec.settings.sampler_guidance)
 
 
-def sample(pipeline: Any, prompts: list[str], seeds: list[int], steps: int = 8,
+def load_method(folder: Path, task: Any, models: Any = None) -> Any:
+    """The pipeline of ``load_sampled`` (for methods that change weights only)."""
+    return load_sampled(folder, task, models).pipeline
+
+
+def sample(model: Any, prompts: list[str], seeds: list[int], steps: int = 8,
            guidance: float = 2.0, size: int = 32, negative_prompt: str | None = None
            ) -> list[np.ndarray]:
-    """uint8 images, one CPU generator per image (an image depends on its seed alone)."""
+    """uint8 images, one CPU generator per image (an image depends on its seed alone), from a
+    pipeline or a `SampledMethod` (then with its negative prompt and sampler guidance)."""
     import torch
 
     from igmu.generation.base import to_uint8_images
+    from igmu.pipelines.guidance import sampling_with
 
+    pipeline, sampler = model, None
+    if isinstance(model, SampledMethod):
+        pipeline, sampler = model.pipeline, model.sampler_guidance
+        negative_prompt = negative_prompt or model.negative_prompt
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    out = pipeline(prompt=list(prompts), generator=generators, guidance_scale=guidance,
-                   num_inference_steps=steps, height=size, width=size, output_type="np",
-                   negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None)
+    with sampling_with(sampler, pipeline, len(prompts), steps):
+        out = pipeline(prompt=list(prompts), generator=generators, guidance_scale=guidance,
+                       num_inference_steps=steps, height=size, width=size, output_type="np",
+                       negative_prompt=[negative_prompt] * len(prompts) if negative_prompt
+                       else None)
     return to_uint8_images(out.images)
 
 
@@ -49,7 +72,7 @@ def forget_prompts(task: Any, count: int) -> list[str]:
     return prompts[:count]
 
 
-def residual_rate(pipeline: Any, task: Any, count: int = 16, steps: int = 8) -> float:
+def residual_rate(model: Any, task: Any, count: int = 16, steps: int = 8) -> float:
     """Share of the task's first ``count`` forget prompts (seed 0) whose image the task's first
     detector (a MiniWorld judge) flags."""
     from igmu.backbones.config import default_models_config
@@ -57,12 +80,12 @@ def residual_rate(pipeline: Any, task: Any, count: int = 16, steps: int = 8) -> 
 
     detector = build_detector(task.guidance["detectors"][0], default_models_config(task))
     prompts = forget_prompts(task, count)
-    images = sample(pipeline, prompts, [0] * len(prompts), steps=steps)
+    images = sample(model, prompts, [0] * len(prompts), steps=steps)
     flags = [detector.verdict(raw).flagged for raw in detector.analyse(images)]
     return float(np.mean(flags))
 
 
-def training_rates(pipeline: Any, task: Any, count: int = 16, steps: int = 8
+def training_rates(model: Any, task: Any, count: int = 16, steps: int = 8
                    ) -> dict[str, float]:
     """What a method's MiniWorld defaults may be chosen by: only the task's *training* prompts
     (``unlearning.erase`` and ``unlearning.preserve``), never an evaluated prompt set.
@@ -77,7 +100,7 @@ def training_rates(pipeline: Any, task: Any, count: int = 16, steps: int = 8
     detector = build_detector(task.guidance["detectors"][0], default_models_config(task))
     erase = [prompt for prompt, _ in task.unlearning.erase[:count]]
     preserve = list(task.unlearning.preserve[:count])
-    images = sample(pipeline, erase + preserve, [0] * (len(erase) + len(preserve)), steps=steps)
+    images = sample(model, erase + preserve, [0] * (len(erase) + len(preserve)), steps=steps)
     raws = detector.analyse(images)
     flags = [detector.verdict(raw).flagged for raw in raws[: len(erase)]]
     right = []
