@@ -522,6 +522,9 @@ BAD_MODELS = {
         ["'clip_detektor'", "Did you mean 'clip_detector'"],
     ),
     "fid_kind": ("fid: {kind: inceptoin}\n", ["'fid.kind'", "'inceptoin'"]),
+    "nested_field": ("fid: {kindd: clip}\n", ["'fid.kindd'", "Did you mean 'kind'"]),
+    "nested_lpips": ("lpips: {backbone_weight: x.pth}\n",
+                     ["'lpips.backbone_weight'", "Did you mean 'backbone_weights'"]),
     "wrong_type": ("heads: [a, b]\n", ["'heads'", "dict"]),
     "syntax": ("fid: {kind: clip\n", ["not valid YAML"]),
 }

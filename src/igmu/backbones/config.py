@@ -188,6 +188,11 @@ def _validated(given: dict[str, Any], source: str) -> dict[str, Any]:
     path = source
     values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in all_defaults().items()}
     values.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in given.items()})
+    for role, known in NESTED_FIELDS.items():
+        for key in given.get(role) or {}:
+            if key not in known:
+                raise ConfigError(f"{path}: unknown field '{role}.{key}'."
+                                  f"{did_you_mean(str(key), list(known))}")
     fid_kind = values["fid"].get("kind")
     kinds = (*FID_KINDS, *world_names())
     if fid_kind not in kinds:
@@ -201,6 +206,12 @@ def _validated(given: dict[str, Any], source: str) -> dict[str, Any]:
     return values
 
 
+# Every field the mappings of these roles may hold (the person detector's: hog's and yolo's).
+NESTED_FIELDS: dict[str, tuple[str, ...]] = {
+    "fid": ("kind", "weights", "model"),
+    "lpips": ("net", "backbone_weights"),
+    "person": ("kind", "threshold", "max_side", "arch", "weights", "conf", "iou", "imgsz"),
+}
 GENERATOR_FIELDS = {"model": str, "steps": int, "guidance": float, "height": int, "width": int}
 METHOD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
