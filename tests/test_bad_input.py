@@ -571,6 +571,30 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path, writer: str) -> None:
     assert not marker.exists()
 
 
+def test_pickled_pipeline_component_is_refused_in_igmus_words(tmp_path: Path) -> None:
+    """A pipeline folder whose UNet is a pickle that runs code: diffusers' loader refuses it
+    through torch's safe unpickler, whose message advises turning the protection off; igmu says
+    what the file is and never suggests that."""
+    import torch
+
+    from igmu.pipelines.load import load_pipeline
+    from igmu.testing.tiny import make_tiny_sd_pipeline
+
+    folder = tmp_path / "base"
+    make_tiny_sd_pipeline(32, 77, tokenizer_dir=tmp_path / "tok").save_pretrained(
+        str(folder), safe_serialization=False)
+    marker = tmp_path / "pwned.txt"
+    weights = folder / "unet" / "diffusion_pytorch_model.bin"
+    state = torch.load(weights, weights_only=True)
+    torch.save({**state, "x": RunsShellOnUnpickle(marker)}, weights)
+    with pytest.raises(UnsafeWeightsError) as info:
+        load_pipeline(str(folder), str(folder), "generator.model")
+    message = str(info.value)
+    assert "would run code" in message and str(folder) in message
+    assert "weights_only" not in message and "likely succeed" not in message
+    assert not marker.exists()
+
+
 def test_garbage_safetensors_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "head.safetensors"
     path.write_bytes(b"this is not a safetensors file at all" * 10)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from igmu.backbones.resolve import ResolvedModel, resolve_pretrained
+from igmu.backbones.weights import unsafe_pickle_refusal
 from igmu.core.errors import ModelNotFoundError
 
 _LOADED: dict[tuple[str, str, str], ClipBackbone] = {}
@@ -27,6 +28,9 @@ class ClipBackbone:
             self.model = CLIPModel.from_pretrained(resolved.location).to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(resolved.location, use_fast=False)
         except (OSError, ValueError) as exc:
+            refusal = unsafe_pickle_refusal(exc, f"{role}: {resolved.reference}")
+            if refusal is not None:
+                raise refusal from None
             raise ModelNotFoundError(
                 f"{role}: {resolved.reference} is not a loadable CLIP model folder "
                 f"(needs config.json, weights, preprocessor and tokenizer files): {exc}"

@@ -26,6 +26,23 @@ def weights_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def unsafe_pickle_refusal(exc: BaseException, what: str) -> UnsafeWeightsError | None:
+    """igmu's words for a pickle that a library loader (diffusers, transformers) refused through
+    torch's safe unpickler, whose own message advises switching the protection off; None for
+    any other error."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:  # loaders wrap torch's error in their own
+        chain.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    if not any("Weights only load failed" in text or "weights_only" in text for text in chain):
+        return None
+    return UnsafeWeightsError(
+        f"{what}: a weights file there is a pickle that would run code when loaded (it holds "
+        "objects, not only tensors); refusing it. Convert its weights to .safetensors where you "
+        "trust it."
+    )
+
+
 def _load_tensor_pickle(path: Path, what: str) -> object:
     """``torch.load`` with ``weights_only``: a pickle that would run code is refused, named."""
     import torch

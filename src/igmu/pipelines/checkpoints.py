@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from igmu.backbones.weights import unsafe_pickle_refusal
 from igmu.core.errors import ConfigError, MissingExtraError, ModelNotFoundError
 
 COMPVIS_UNET = "model.diffusion_model."
@@ -194,6 +195,9 @@ def apply_component(pipeline: Any, role: str, path: Path, where: str) -> None:
             # do not know dtype, and both load float32 by default
             loaded = type(module).from_pretrained(str(folder)).to(torch.float32)
         except Exception as exc:
+            refusal = unsafe_pickle_refusal(exc, f"{where}: {folder}")
+            if refusal is not None:
+                raise refusal from None
             raise ModelNotFoundError(
                 f"{where}: cannot load {type(module).__name__} from {folder}: "
                 f"{type(exc).__name__}: {exc}"

@@ -16,6 +16,7 @@ import logging as std_logging
 from pathlib import Path
 from typing import Any
 
+from igmu.backbones.weights import unsafe_pickle_refusal
 from igmu.core.errors import MissingExtraError, ModelNotFoundError
 from igmu.core.registry import Registry
 
@@ -133,6 +134,10 @@ def load_pipeline(location: str, reference: str, field: str, dtype: str | None =
     try:
         pipeline = cls.from_pretrained(location, **kwargs)
     except Exception as exc:
+        refusal = unsafe_pickle_refusal(
+            exc, f"the pipeline {reference} (models file field {field!r}) in {location}")
+        if refusal is not None:
+            raise refusal from None
         raise ModelNotFoundError(
             f"diffusers cannot load the pipeline {reference} (models file field {field!r}) "
             f"from {location}: {type(exc).__name__}: {exc}"
