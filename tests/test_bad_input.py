@@ -680,6 +680,10 @@ BAD_MANIFEST_LINES = {
     "invalid_json": ('{"method": "ESD", "prompt_set": "forget",', ["not valid JSON"]),
     "missing_seed": (_row_without_seed(), ["missing field 'seed'"]),
     "seed_not_int": (json.dumps(dict(GOOD_ROW, seed="0")), ["'seed'", "int"]),
+    "seed_too_large": (json.dumps(dict(GOOD_ROW, seed=10**30)), ["'seed'", f"0..{2**63 - 1}"]),
+    "negative_seed": (json.dumps(dict(GOOD_ROW, seed=-1)), ["'seed'", f"0..{2**63 - 1}"]),
+    "nul_in_path": (json.dumps(dict(GOOD_ROW, path="ORG/0_0\u0000.png")),
+                    ["'path'", "control character"]),
     "unknown_prompt_set": (
         json.dumps(dict(GOOD_ROW, prompt_set="forgot")),
         ["'prompt_set'", "Did you mean 'forget'"],

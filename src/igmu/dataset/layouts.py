@@ -25,6 +25,8 @@ IGMU_FOLDERS = {
 # Sets whose images live in <set>/<METHOD>/<Class>/ rather than <set>/<METHOD>/.
 CLASS_FOLDER_SETS = {"unrelated", "related", "multilingual", "paraphrase"}
 FILE_KEY = re.compile(r"^(\d+)_(\d+)_(\d+)$")
+MAX_SEED = 2**63 - 1  # SQLite INTEGER, where every score's key is stored
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MANIFEST_FIELDS = ("method", "prompt_set", "class_name", "prompt_index", "seed", "prompt", "path")
 
 
@@ -60,6 +62,9 @@ def _read_method_folder(
             unexpected.append(path.name)
             continue
         class_index, prompt_index, seed = (int(g) for g in match.groups())
+        if seed > MAX_SEED:
+            raise PairingError(f"{path}: seed {seed} in the file name is above {MAX_SEED} (the "
+                               "result store's integers)")
         if class_folder is not None:
             expected = prompt_set.class_index(class_folder)
             if expected is None:
@@ -199,8 +204,9 @@ def _manifest_key(row: dict, task: Task, where: str) -> ImageKey:
             f"{where}: field 'prompt_index' is {index}, out of range: class {class_name!r} of "
             f"prompt set {source!r} has {count} prompts (0..{count - 1})"
         )
-    if seed < 0:
-        raise ConfigError(f"{where}: field 'seed' must be >= 0, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{where}: field 'seed' must lie in 0..{MAX_SEED} (the result "
+                          f"store's integers), got {seed}")
     expected = prompt_set.text(class_index, index)
     if not attack and values["prompt"] != expected:
         raise ConfigError(
@@ -222,6 +228,10 @@ def read_manifest(path: Path, task: Task, allow_outside_paths: bool = False) -> 
     for where, row in read_jsonl(path, "manifest"):
         key = _manifest_key(row, task, where)
         method = _manifest_value(row, "method", str, where)
+        for name in ("method", "path"):
+            if CONTROL.search(str(row[name])):
+                raise ConfigError(f"{where}: field {name!r} holds a control character "
+                                  f"(NUL, newline, ...): {row[name]!r}")
         image_path = Path(str(_manifest_value(row, "path", str, where))).expanduser()
         if not image_path.is_absolute():
             image_path = folder / image_path
