@@ -36,7 +36,7 @@ def manifest_with(tmp_path: Path, *rows: dict) -> Path:
     [
         ({"class_name": "chapel"}, ["'class_name'", "'chapel'", "not a class"]),
         ({"prompt_index": 9999}, ["'prompt_index'", "out of range"]),
-        ({"seed": -1}, ["'seed'", ">= 0"]),
+        ({"seed": -1}, ["'seed'", "0..9223372036854775807", "got -1"]),
         ({"prompt": "a mosque at dawn"}, ["'prompt'", "another version of the task"]),
         ({"path": "../outside.png"}, ["'path'", "outside the manifest's folder",
                                       "--allow-outside-paths"]),
