@@ -80,8 +80,8 @@ def last_token_embeddings(pipeline, prompts: list[str]):
 
 def test_registry_and_settings_errors() -> None:
     assert sorted(METHODS.names()) == sorted([
-        "AdvUnlearn", "CA", "ConceptPrune", "ESD", "FMN", "NEGPROMPT", "ORG", "RECE", "Receler",
-        "SalUn", "SPEED", "UCE",
+        "AdvUnlearn", "CA", "ConceptPrune", "DoCo", "ESD", "FMN", "MACE", "NEGPROMPT", "ORG",
+        "RECE", "Receler", "SalUn", "SLD", "SPEED", "SPM", "UCE",
     ])  # fmt: skip
     assert get_method("uce") is get_method("UCE")
     assert get_method("salun") is get_method("SalUn") and get_method("fmn").name == "FMN"

@@ -180,8 +180,7 @@ def test_settings_are_checked_before_loading(church) -> None:
     with pytest.raises(ConfigError, match="mask_ratio"):
         get_method("SalUn").settings({"mask_ratoi": 0.2})
     assert {"FMN", "CA", "SalUn", "ConceptPrune", "AdvUnlearn", "RECE", "SPEED", "Receler",
-            "UCE", "ESD"} <= set(
-        METHODS.names())
+            "UCE", "ESD", "SLD", "MACE", "SPM", "DoCo"} <= set(METHODS.names())
 
 
 def test_cli_lists_every_method_with_its_defaults(capsys) -> None:
