@@ -305,6 +305,40 @@ def test_sigkill_then_rerun_matches_uninterrupted(
     assert ImageCache(out).remove_stale_tmp() == 0
 
 
+def test_thread_count_joins_the_key_so_a_resume_never_mixes(
+    reference_run: Path, sd_models: Path, tmp_path: Path
+):
+    """CPU pixels may depend on the torch thread count, so it is part of the generator's
+    fingerprint: a run resumed (or rerun) with 2 threads over a 1-thread run's folder
+    regenerates every image under its own keys and ends exactly as a clean 2-thread run; the
+    1-thread files stay in the cache but the manifest names none of them."""
+    import torch
+
+    one = read_rows(reference_run / "manifest.jsonl")
+    out = tmp_path / "resumed"
+    shutil.copytree(reference_run, out)
+    for row in one[::2]:  # as if killed midway
+        (out / row["path"]).unlink()
+    (out / "manifest.jsonl").unlink()
+    torch.set_num_threads(2)  # the module fixture restores 1 after the test
+    try:
+        resumed = run(out, sd_models, batch_size=1)
+        clean = run(tmp_path / "clean2", sd_models, batch_size=1)
+    finally:
+        torch.set_num_threads(1)
+    assert (resumed.generated, resumed.cached) == (14, 0)
+    two = read_rows(out / "manifest.jsonl")
+    assert {r["generator"] for r in one}.isdisjoint({r["generator"] for r in two})
+    assert {r["key"] for r in one}.isdisjoint({r["key"] for r in two})
+    assert (out / "manifest.jsonl").read_bytes() == (
+        tmp_path / "clean2" / "manifest.jsonl").read_bytes()
+    for row in two:  # the same key gives the same bytes, whichever run made the file
+        assert (out / row["path"]).read_bytes() == (tmp_path / "clean2" / row["path"]).read_bytes()
+    # generating at 1 thread again reuses every 1-thread image still in the folder
+    again = run(out, sd_models, batch_size=1)
+    assert again.cached == 7 and again.generated == 7
+
+
 def test_generated_manifest_evaluates(reference_run: Path, tiny_models: Path, tmp_path: Path):
     from igmu.evaluation.engine import EvaluationOptions, evaluate
 

@@ -9,8 +9,10 @@ method's inference-time guidance (SLD, ``settings.sampler_guidance``) is applied
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,10 @@ class DiffusersGenerator:
     by default) runs up to that many images per pipeline call; pixels then depend slightly
     (about one grey level in a few pixels) on the call's size and members, so the size joins
     the fingerprint and the members the cache keys. The fingerprint also covers the model
-    (every weight as loaded), the device type and the dtype.
+    (every weight as loaded), the device type, the dtype and, on the CPU, the torch thread count
+    at construction: CPU kernels split their reductions by thread, so 1 and 2 threads can differ
+    by one grey level in a few pixels. Every call runs at that count (restored after), so an
+    image's bytes are what its key names whatever the process's threads are later.
     """
 
     def __init__(
@@ -62,6 +67,8 @@ class DiffusersGenerator:
             raise ConfigError(
                 f"--device {device!r}: cannot move the pipeline there: {exc}"
             ) from None
+        # GPU kernels do not depend on the CPU thread count; CPU ones do.
+        self.cpu_threads = torch.get_num_threads() if self.device.type == "cpu" else None
         identity = {
             "format": FINGERPRINT_FORMAT,
             "model": self.model_fingerprint,
@@ -69,6 +76,8 @@ class DiffusersGenerator:
             "dtype": self.dtype,
             "pipeline_batch": self.pipeline_batch,
         }
+        if self.cpu_threads is not None:
+            identity["cpu_threads"] = self.cpu_threads
         self.fingerprint = hashlib.sha256(
             json.dumps(identity, sort_keys=True).encode("utf-8")
         ).hexdigest()
@@ -102,6 +111,7 @@ class DiffusersGenerator:
             "dtype": self.dtype,
             "family": None if self.family is None else self.family.name,
             "pipeline_batch": self.pipeline_batch,
+            "cpu_threads": self.cpu_threads,
         }
 
     def generate(
@@ -152,8 +162,8 @@ class DiffusersGenerator:
             kwargs["negative_prompt"] = [settings.negative_prompt] * len(seeds)
         guidance = settings.sampler_guidance
         try:
-            with torch.no_grad(), sampling_with(guidance, self.pipeline, len(seeds),
-                                                settings.num_inference_steps):
+            with torch.no_grad(), _torch_threads(self.cpu_threads), sampling_with(
+                    guidance, self.pipeline, len(seeds), settings.num_inference_steps):
                 result = self.pipeline(**kwargs)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
@@ -168,6 +178,22 @@ class DiffusersGenerator:
                 f"{len(seeds)} prompts"
             )
         return arrays
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Run at ``count`` torch threads (None: as is), restoring the process's count after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _dtype_name(pipeline: Any) -> str:
