@@ -36,7 +36,8 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=positive_int,
         metavar="N",
-        help="CPU threads for every library (default: the cores free when the command starts)",
+        help="CPU threads for every library (default: the usable cores; on a shared machine 1 is "
+        "faster; the count is part of every generated image's key)",
     )
 
 

@@ -1,9 +1,11 @@
 """How many CPU threads igmu computes with, set once per command for every library.
 
-The default is the cores that are free when the command starts (the machine's usable cores
-minus the other runnable threads), not the count of all cores: on a shared 2-core machine two
-threads fighting another process ran several times slower than one. torch, and through the
-environment OpenMP/MKL/BLAS and onnxruntime sessions igmu creates, all use the same number.
+The default is the machine's usable cores (the process's CPU affinity), fixed per machine: on
+the CPU the thread count decides some pixels (kernels split reductions by thread), so it is part
+of every generated image's key, and a default that followed the machine's load would make a
+rerun under other load regenerate everything. On a shared machine pass ``--threads 1``: two
+threads fighting a busy process were measured several times slower than one. torch, and through
+the environment OpenMP/MKL/BLAS and onnxruntime sessions igmu creates, all use the same number.
 """
 
 from __future__ import annotations
@@ -22,22 +24,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def free_cores() -> int:
-    """Usable cores minus the other threads runnable right now (Linux /proc/loadavg's
-    instantaneous count, which includes this process); at least 1."""
-    cores = usable_cores()
-    try:
-        with open("/proc/loadavg", encoding="ascii") as handle:
-            running = int(handle.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return cores
-    return max(1, min(cores, cores - (running - 1)))
-
-
 def set_threads(threads: int | None = None) -> int:
-    """Use ``threads`` (default: the free cores) in every library; returns the number."""
+    """Use ``threads`` (default: the usable cores) in every library; returns the number."""
     global _CHOSEN
-    count = int(threads) if threads else free_cores()
+    count = int(threads) if threads else usable_cores()
     for name in ENV_VARS:
         os.environ[name] = str(count)
     # torch reads OMP_NUM_THREADS when it loads; if it is loaded already, tell it directly
