@@ -547,6 +547,50 @@ def test_bad_models_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], cas
         assert fragment in err
 
 
+NOT_UTF8 = b"# written in Latin-1: caf\xe9\n"
+
+
+def test_input_files_that_are_not_utf8_name_file_line_and_byte(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each text input igmu reads (manifest, models file, task file, taxonomy, IGMU prompt file,
+    method card) with a Latin-1 byte on line 2: a one-line error naming the file, the line and
+    the byte, never a UnicodeDecodeError traceback."""
+    from igmu.pipelines.card import read_method_card
+    from igmu.tasks.igmu_json import read_prompt_json
+    from igmu.taxonomy import load_taxonomy
+
+    def latin1(name: str, first: bytes) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(first + b"\n" + NOT_UTF8)
+        return path
+
+    def refused(path: Path, message: str) -> None:
+        assert f"{path}:2:" in message and "not UTF-8" in message and "0xe9" in message, message
+
+    manifest = latin1("images.jsonl", json.dumps(GOOD_ROW).encode())
+    models = latin1("models.yaml", b"generator: {steps: 3}")
+    task = latin1("task.yaml", b"schema: igmu.task/1")
+    for path, call in (
+        (manifest, lambda: read_manifest(manifest, load_task("church"))),
+        (models, lambda: load_models_config(models)),
+        (task, lambda: load_task(str(task))),
+        (latin1("tree.yaml", b"schema: igmu.taxonomy/1"),
+         lambda: load_taxonomy(str(tmp_path / "tree.yaml"))),
+        (latin1("prompts.json", b"{"), lambda: read_prompt_json(tmp_path / "prompts.json")),
+        (latin1("method/igmu_method.json", b"{"), lambda: read_method_card(tmp_path / "method")),
+    ):
+        with pytest.raises(ConfigError) as info:
+            call()
+        refused(path, str(info.value))
+    refused(manifest, cli_fails(capsys, *evaluate_args(manifest, tmp_path / "r1",
+                                                       "--layout", "manifest")))
+    refused(models, cli_fails(capsys, *evaluate_args(tmp_path, tmp_path / "r2",
+                                                     "--models", models)))
+    refused(task, cli_fails(capsys, "tasks", "show", task))
+
+
 # --------------------------------------------------------------------------------------------
 # 5. weights files
 

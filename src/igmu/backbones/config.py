@@ -11,6 +11,7 @@ import yaml
 
 from igmu.core.constants import ORG
 from igmu.core.errors import ConfigError
+from igmu.core.files import read_text
 from igmu.core.registry import did_you_mean
 from igmu.core.yamlio import load_yaml
 
@@ -165,7 +166,7 @@ def load_models_config(path: str | Path | None, task: Any = None) -> ModelsConfi
     if not path.is_file():
         raise ConfigError(f"--models {path}: file does not exist")
     try:
-        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(read_text(path, "models file")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from igmu.core.errors import ConfigError
-from igmu.core.files import read_jsonl, write_atomic
+from igmu.core.files import read_jsonl, read_text, write_atomic
 
 MANIFEST = "manifest.jsonl"
 DATACARD = "datacard.json"
@@ -177,7 +177,7 @@ def read_card(root: Path) -> tuple[Path | None, dict[str, Any]]:
         if not path.is_file():
             continue
         try:
-            card = json.loads(path.read_text(encoding="utf-8"))
+            card = json.loads(read_text(path, "data card"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid JSON: {exc}") from None
         if not isinstance(card, dict) or card.get("schema") != schema:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from igmu.core.errors import ConfigError, MissingExtraError
+from igmu.core.files import read_text
 from igmu.dataset import dataigm as D
 
 FORMATS = ("hf", "parquet")
@@ -95,7 +96,7 @@ def read_exported(src: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]
     else:
         raise ConfigError(f"{src}: not a DataIGM export (no dataset_dict.json, no *.parquet)")
     card_path = src / D.DATACARD
-    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else None
+    card = json.loads(read_text(card_path, "data card")) if card_path.is_file() else None
     rows = []
     for split, dataset in splits.items():
         if "image" not in dataset.column_names or "label" not in dataset.column_names:

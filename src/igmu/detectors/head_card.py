@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from igmu.core.errors import ConfigError, IGMUError, ModelNotFoundError
+from igmu.core.files import read_text
 
 CARD = "detector.json"
 HEAD_FILE = "head.safetensors"
@@ -28,7 +29,7 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder).expanduser()
     path = folder / CARD
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
+        card = json.loads(read_text(path, "detector card"))
     except FileNotFoundError:
         raise ConfigError(
             f"{folder}: no {CARD}; not a folder written by `igmu detectors train`"

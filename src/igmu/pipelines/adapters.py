@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from igmu.core.errors import ConfigError
+from igmu.core.files import read_text
 from igmu.core.registry import Registry
 
 ADAPTERS: Registry[type] = Registry("adapter kind")
@@ -80,7 +81,7 @@ class Receler(_Kind):
         nn = _torch_nn()
         unet = pipeline.unet
         if folder is not None and (folder / "eraser_config.json").is_file():
-            config = json.loads((folder / "eraser_config.json").read_text(encoding="utf-8"))
+            config = json.loads(read_text(folder / "eraser_config.json", "eraser config"))
             if config.get("eraser_type", "adapter") != "adapter":
                 raise ConfigError(f"{where}: {folder}/eraser_config.json: eraser_type "
                                   f"{config.get('eraser_type')!r} is not supported ('adapter')")

@@ -11,6 +11,7 @@ from typing import Any
 
 from igmu.core.constants import METHOD_CARD, METHOD_CARD_SCHEMA
 from igmu.core.errors import ConfigError
+from igmu.core.files import read_text
 
 CARD_NAME = METHOD_CARD
 CARD_SCHEMA = METHOD_CARD_SCHEMA
@@ -22,7 +23,7 @@ def read_method_card(folder: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
+        card = json.loads(read_text(path, "method card"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(card, dict) or card.get("schema") != CARD_SCHEMA:

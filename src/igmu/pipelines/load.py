@@ -18,6 +18,7 @@ from typing import Any
 
 from igmu.backbones.weights import unsafe_pickle_refusal
 from igmu.core.errors import MissingExtraError, ModelNotFoundError
+from igmu.core.files import read_text
 from igmu.core.registry import Registry
 
 FINGERPRINT_FORMAT = "igmu.generator/1"
@@ -36,7 +37,7 @@ PIPELINE_DIRECTIONS = (
 def pipeline_class(location: str | Path) -> Any:
     """The class that loads the pipeline folder: a registered one, else diffusers' own."""
     diffusers = _import_diffusers()
-    index = json.loads((Path(location) / "model_index.json").read_text(encoding="utf-8"))
+    index = json.loads(read_text(Path(location) / "model_index.json", "pipeline index"))
     name = str(index.get("_class_name"))
     return PIPELINE_CLASSES.get(name) if name in PIPELINE_CLASSES else diffusers.DiffusionPipeline
 
@@ -119,7 +120,7 @@ def load_pipeline(location: str, reference: str, field: str, dtype: str | None =
     """A pipeline on the CPU (float32 unless ``dtype``) with its safety checker off and progress
     bars disabled."""
     diffusers = _import_diffusers()
-    index = json.loads((Path(location) / "model_index.json").read_text(encoding="utf-8"))
+    index = json.loads(read_text(Path(location) / "model_index.json", "pipeline index"))
     cls = pipeline_class(location)
     kwargs: dict[str, Any] = {"torch_dtype": torch_dtype(dtype)}
     if "safety_checker" in index:

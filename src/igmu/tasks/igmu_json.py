@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from igmu.core.errors import ConfigError
+from igmu.core.files import read_text
 from igmu.core.registry import did_you_mean
 from igmu.tasks.model import PromptSet, Task
 
@@ -15,7 +16,7 @@ def read_prompt_json(path: Path) -> dict[str, dict[str, list[str]]]:
     if not path.is_file():
         raise ConfigError(f"{path}: IGMU prompt file does not exist")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "IGMU prompt file"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):

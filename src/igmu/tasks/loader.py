@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from igmu.core.errors import ConfigError
+from igmu.core.files import read_text
 from igmu.core.registry import did_you_mean
 from igmu.core.yamlio import load_yaml
 from igmu.tasks.model import PROMPT_SET_KINDS, PromptSet, Task, UnlearningPrompts
@@ -246,7 +247,7 @@ def load_task(name_or_path: str) -> Task:
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise ConfigError(f"Task file {name_or_path!r} does not exist")
-        return parse_task(path.read_text(encoding="utf-8"), str(path))
+        return parse_task(read_text(path, "task file"), str(path))
     files = builtin_task_files()
     if name_or_path not in files:
         raise ConfigError(

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from igmu.core.errors import ConfigError
+from igmu.core.files import read_text
 from igmu.core.registry import did_you_mean
 from igmu.core.yamlio import load_yaml
 
@@ -177,6 +178,6 @@ def parse_taxonomy(text: str, source: str) -> Taxonomy:
 def load_taxonomy(path: str | None = None) -> Taxonomy:
     """Load the built-in hierarchy, or one from ``path``."""
     if path is not None:
-        return parse_taxonomy(Path(path).read_text(encoding="utf-8"), str(path))
+        return parse_taxonomy(read_text(Path(path), "taxonomy file"), str(path))
     text = resources.files("igmu.taxonomy").joinpath("catigmu.yaml").read_text(encoding="utf-8")
     return parse_taxonomy(text, "igmu/taxonomy/catigmu.yaml")

@@ -26,6 +26,7 @@ import igmu
 from igmu.backbones.config import ModelsConfig, load_models_config
 from igmu.core.constants import ORG
 from igmu.core.errors import ConfigError, IGMUError
+from igmu.core.files import read_text
 from igmu.core.images import file_sha256
 from igmu.dataset import dataigm as D
 from igmu.tasks.model import Task
@@ -348,7 +349,7 @@ def _previous_paths(out: Path) -> set[str]:
     if not manifest.is_file():
         return set()
     paths = set()
-    for line in manifest.read_text(encoding="utf-8").splitlines():
+    for line in read_text(manifest, "manifest").splitlines():
         try:
             path = json.loads(line).get("path")
         except (json.JSONDecodeError, AttributeError):
