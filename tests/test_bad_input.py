@@ -591,6 +591,85 @@ def test_input_files_that_are_not_utf8_name_file_line_and_byte(
     refused(task, cli_fails(capsys, "tasks", "show", task))
 
 
+OUTPUT_COMMANDS = {
+    "generate": ["generate", "--task", "mini_object", "--method", "ORG", "--out"],
+    "evaluate": ["evaluate", "--task", "mini_object", "--images", ".", "--out"],
+    "attack": ["attack", "--task", "mini_object", "--method", "ORG", "--attack", "seed_search",
+               "--out"],
+    "unlearn": ["unlearn", "--task", "mini_object", "--method", "UCE", "--out"],
+    "demo": ["demo", "--out"],
+    "data build": ["data", "build", "--task", "mini_object", "--out"],
+    "miniworld train": ["miniworld", "train", "--out"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(OUTPUT_COMMANDS))
+def test_output_folder_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """A file where the output folder (or a parent of it) must be, and a folder on a read-only
+    disk (simulated: this suite may run as root, whom permissions do not stop): one line naming
+    the flag and the path, and nothing created."""
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    err = cli_fails(capsys, *OUTPUT_COMMANDS[command], blocker / "out")
+    assert f"--out {blocker / 'out'}: {blocker} is a file, not a folder" in err
+
+    readonly = tmp_path / "mounted read-only"
+    readonly.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == readonly
+                        else real_access(path, mode))
+    err = cli_fails(capsys, *OUTPUT_COMMANDS[command], readonly / "out")
+    assert f"--out {readonly / 'out'}: cannot create it, {readonly} is not writable" in err
+    assert list(readonly.iterdir()) == []
+    assert sorted(tmp_path.iterdir()) == sorted([blocker, readonly])
+
+
+def test_evaluate_refuses_a_store_it_cannot_write_before_scoring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a file"
+    blocker.write_text("x", encoding="utf-8")
+    err = cli_fails(capsys, *evaluate_args(tmp_path, tmp_path / "run", "--store",
+                                           blocker / "igmu.sqlite"))
+    assert f"--store {blocker / 'igmu.sqlite'}: {blocker} is a file, not a folder" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_disk_full_while_generating_is_one_line_and_keeps_what_was_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the third PNG: `igmu generate` stops with one line naming the file, the two
+    images before it are whole in the cache, no manifest claims more, and a rerun (disk freed)
+    completes the run."""
+    import errno
+
+    from igmu.generation import cache
+
+    real_write, written = cache.write_atomic, []
+
+    def fill_up(path, data, *args, **kwargs):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        return real_write(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "write_atomic", fill_up)
+    args = ["generate", "--task", "mini_object", "--method", "ORG", "--prompt-sets", "unrelated",
+            "--max-prompts-per-class", "1", "--images-per-prompt", "1", "--steps", "2",
+            "--out", tmp_path / "gen", "--quiet", "--threads", "1", "--per-image"]
+    err = cli_fails(capsys, *args)
+    assert "no space left on the disk; work finished before this is kept, rerun to resume" in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    for path in written:
+        Image.open(path).load()  # whole PNGs
+    monkeypatch.setattr(cache, "write_atomic", real_write)
+    code, out, _ = cli(capsys, *args)
+    assert code == 0 and "2 cached" in out, out
+
+
 # --------------------------------------------------------------------------------------------
 # 5. weights files
 

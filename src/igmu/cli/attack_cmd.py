@@ -16,6 +16,7 @@ from igmu.cli.options import (
     positive_int,
 )
 from igmu.core.errors import ConfigError, IGMUError
+from igmu.core.files import check_writable
 
 DESCRIPTION = (
     "Attack an unlearned model: for each of the first K forget prompts of a task, search an "
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from igmu.tasks import load_task
 
     apply_threads(args)
+    check_writable(args.out, "--out")
     task = load_task(args.task)
     models = load_models_config(args.models, task)
     options = AttackOptions(

@@ -6,6 +6,8 @@ import argparse
 import textwrap
 from pathlib import Path
 
+from igmu.core.files import check_writable
+
 BUILD_EXAMPLE = """example:
   igmu data build --task mini_object --out data/mini_object --images-per-prompt 4
   igmu data build --task church --out data/church --models models.yaml --split 0.8,0.1,0.1
@@ -134,6 +136,7 @@ def run_build(args: argparse.Namespace) -> int:
     from igmu.tasks import load_task
     from igmu.workflows.dataigm_build import BuildOptions, build_dataset
 
+    check_writable(args.out, "--out")
     if args.images_per_prompt < 1:
         raise ConfigError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")
     task = load_task(args.task)
@@ -168,6 +171,7 @@ def run_import(args: argparse.Namespace) -> int:
     from igmu.dataset.dataigm import parse_fractions
     from igmu.dataset.importer import import_images
 
+    check_writable(args.out, "--out")
     result = import_images(
         args.src,
         args.out,
@@ -197,6 +201,7 @@ def run_export(args: argparse.Namespace) -> int:
     from igmu.dataset.dataigm import read_dataigm
     from igmu.dataset.exchange import export_dataset
 
+    check_writable(args.out, "--out")
     data = read_dataigm(args.data, verify=True)
     out = export_dataset(data, args.out, args.format)
     print(f"{len(data.rows)} images exported as {args.format} to {out}")

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from igmu.core.files import check_writable
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from igmu.workflows.demo import MINI_TASKS, DemoOptions, run_demo
 
     apply_threads(args)
+    check_writable(args.out, "--out")
     tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else MINI_TASKS
     for task in tasks:
         if task not in MINI_TASKS:

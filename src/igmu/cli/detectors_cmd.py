@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from igmu.core.files import check_writable
+
 TRAIN_EXAMPLE = """example:
   igmu detectors train --data data/mini_object --out detectors/mini_cross
   igmu evaluate ... --detectors clip_head:detectors/mini_cross
@@ -119,6 +121,9 @@ def run_train(args: argparse.Namespace) -> int:
     from igmu.dataset.dataigm import read_dataigm
     from igmu.workflows.train_head import TrainOptions, train_head
 
+    check_writable(args.out, "--out")
+    check_writable(args.store or args.out.resolve().parent / "igmu.sqlite", "--store",
+                   folder=False)
     data = read_dataigm(args.data, verify=True)
     reference = args.backbone or _models_for(data.card, args.models).get("clip_detector")
     backbone = ClipBackbone.from_reference(

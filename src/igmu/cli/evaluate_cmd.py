@@ -8,6 +8,7 @@ from pathlib import Path
 
 from igmu.cli.options import add_threads, apply_threads
 from igmu.core.constants import ORG
+from igmu.core.files import check_writable
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -99,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     from igmu.tasks.igmu_json import with_igmu_prompts
 
     apply_threads(args)
+    check_writable(args.out, "--out")
+    check_writable(args.store or args.out.resolve().parent / "igmu.sqlite", "--store",
+                   folder=False)
     task = load_task(args.task)
     if args.igmu_prompts:
         task = with_igmu_prompts(task, args.igmu_prompts)

@@ -13,6 +13,7 @@ from igmu.cli.options import (
     positive_int,
 )
 from igmu.core.errors import IGMUError
+from igmu.core.files import check_writable
 
 # spelled here to keep `igmu --help` free of torch imports; checked against the engine's in tests
 DEFAULT_BATCH_SIZE = 8
@@ -160,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     from igmu.generation.plan import SettingOverrides
     from igmu.tasks import load_task
 
+    check_writable(args.out, "--out")
     task = load_task(args.task)
     models = load_models_config(args.models, task)
     apply_threads(args)

@@ -73,6 +73,22 @@ def main(argv: list[str] | None = None) -> int:
         close_progress_bars()
         print("igmu: interrupted; finished work is cached, rerun to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # the disk, not igmu: full, gone read-only, a file removed mid-run
+        close_progress_bars()
+        print(f"igmu: error: {os_error_message(exc)}", file=sys.stderr)
+        return 1
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system failure: what failed, on which file, and that what
+    was finished is kept (every write is atomic)."""
+    import errno
+
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on the disk"
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{reason}; work finished before this is kept, rerun to resume"
 
 
 def close_progress_bars() -> None:

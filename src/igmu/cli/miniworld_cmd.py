@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from igmu.core.files import check_writable
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -60,6 +62,7 @@ def run_train(args: argparse.Namespace) -> int:
     from igmu.miniworld import judges, train_t2i
     from igmu.miniworld.clip_train import default_clip_dir
 
+    check_writable(args.out, "--out")
     started = time.perf_counter()
     if not args.retrain_without:  # judges belong to the world, not to one model: ORG runs only
         judge_args = ["train", "--out", str(args.out / "judges"), "--seed", str(args.seed)]

@@ -9,6 +9,7 @@ from typing import Any
 
 from igmu.cli.options import add_threads, apply_threads
 from igmu.core.errors import ConfigError, IGMUError
+from igmu.core.files import check_writable
 
 EPILOG = """examples:
   igmu unlearn --method UCE --task church --base models/sd14 --out models/church-UCE
@@ -204,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     settings = settings_from_args(args)
     method.settings(settings)  # report a bad setting before loading any weights
+    check_writable(args.out, "--out")
     result = method.apply(base_model(args, task), task, settings, args.out)
     card = result.card
     if card["pipeline_folder"]:

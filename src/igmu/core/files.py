@@ -4,7 +4,7 @@
 it to disk and renames it into place, so a process killed at any moment leaves either no file or
 the whole file; ``remove_stale_tmp`` deletes the temporary files of processes no longer running.
 ``read_jsonl`` yields each non-blank line's object with its place (``file:line``) for the
-caller's own checks.
+caller's own checks; ``check_writable`` refuses an output path before the work that would fill it.
 """
 
 from __future__ import annotations
@@ -118,3 +118,31 @@ def read_jsonl(path: Path, what: str = "JSONL file") -> Iterator[tuple[str, dict
         if not isinstance(row, dict):
             raise ConfigError(f"{where}: each line of a {what} must be a JSON object")
         yield where, row
+
+
+def check_writable(path: str | Path, what: str, folder: bool = True) -> Path:
+    """Refuse, before any work, an output ``path`` igmu could not write: a file where a folder
+    must be (the path or one of its parents), or a folder without write permission or on a
+    read-only file system. ``folder=False``: ``path`` is a file (a store) to create or update.
+    Creates nothing; returns the path."""
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ConfigError(f"{what} {path}: is a file, not a folder")
+        if not folder and path.is_dir():
+            raise ConfigError(f"{what} {path}: is a folder, not a file")
+        if not os.access(path if folder else path.parent, os.W_OK | os.X_OK) or (
+                not folder and not os.access(path, os.W_OK)):
+            raise ConfigError(f"{what} {path}: not writable (permissions or a read-only disk)")
+        return path
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"{what} {path}: cannot create it, {parent} is not writable "
+                    "(permissions or a read-only disk)"
+                )
+            break
+    return path
