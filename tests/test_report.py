@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -128,6 +129,23 @@ def test_markdown_verdict_then_leaderboard(three_method_run: Path) -> None:
     assert "[95% CI]" in text
     printed = run_cli("report", three_method_run, "--format", "md", "--out", "-").stdout
     assert printed == text
+
+
+def test_markdown_shows_injected_names_as_text(tmp_path: Path, tiny_models: Path) -> None:
+    """A method named with HTML, a link, emphasis and a cell break: the Markdown report prints it
+    escaped (no raw tag a renderer would pass through) and every table row keeps its columns."""
+    from igmu.report.markdown import md_escape
+
+    name = "E*S[D](javascript:x)<img src=x onerror=1>|"
+    run = evaluated_run(tmp_path, tiny_models, methods=("ORG", name), prompts=["a church"])
+    text = run_cli("report", run, "--format", "md", "--out", "-").stdout
+    assert "<img" not in text and not re.search(r"(?<!\\)\]\(", text)  # no tag, no link
+    assert md_escape(name) in text
+    assert md_escape(name) == "E\\*S\\[D\\](javascript:x)&lt;img src=x onerror=1&gt;\\|"
+    for table in text.split("###")[1:]:
+        rows = [line for line in table.splitlines() if line.startswith("|")]
+        widths = {len(re.split(r"(?<!\\)\|", line)) for line in rows}
+        assert len(widths) == 1, rows
 
 
 def _nudity_run(tmp_path: Path, models: Path) -> Path:

@@ -70,10 +70,11 @@ def run(args: argparse.Namespace) -> int:
 def markdown_report(data) -> str:
     """The verdict, then the detailed leaderboard, for one run."""
     from igmu.report.leaderboard import markdown_table
+    from igmu.report.markdown import md_escape
     from igmu.report.verdict import stored_verdict
     from igmu.report.verdict_render import verdict_markdown
 
     return (
-        f"## {data.task}\n\n### Verdict\n\n{verdict_markdown(stored_verdict(data))}\n"
+        f"## {md_escape(data.task)}\n\n### Verdict\n\n{verdict_markdown(stored_verdict(data))}\n"
         f"### Leaderboard\n\n{markdown_table(data)}"
     )

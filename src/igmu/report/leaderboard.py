@@ -7,6 +7,7 @@ from html import escape
 
 from igmu.core.records import Aggregate
 from igmu.report.data import ReportData
+from igmu.report.markdown import md_escape
 
 
 def fmt(value: float | None) -> str:
@@ -135,11 +136,11 @@ def _cell(agg: Aggregate | None, is_best: bool, greyed: bool = False) -> str:
 
 def markdown_table(data: ReportData) -> str:
     columns = data.metrics()
-    header = ["method"] + [f"{m} ({a}) {arrow(h)}" for a, m, h in columns]
+    header = ["method"] + [f"{md_escape(m)} ({a}) {arrow(h)}" for a, m, h in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {m: best_methods(data, m) for _, m, _ in columns}
     for method in data.methods:
-        cells = [_md_escape(method)]
+        cells = [md_escape(method)]
         for _, metric, _ in columns:
             agg = data.aggregate(method, metric)
             if agg is None or not agg.finite:
@@ -153,16 +154,13 @@ def markdown_table(data: ReportData) -> str:
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     notes = sorted(
-        {f"- ⚠ {a.method} {a.metric}: {a.warning}" for a in data.aggregates if a.warning}
+        {f"- ⚠ {md_escape(a.method)} {md_escape(a.metric)}: {md_escape(a.warning)}"
+         for a in data.aggregates if a.warning}
     )
     footer = [
         "",
-        f"Task `{data.task}`, run `{data.run_id}`. ↑ higher is better, ↓ lower is "
-        "better; **bold** = best unlearned method, by a paired difference that excludes zero; "
-        "[95% CI]; n = images.",
+        f"Task {md_escape(data.task)}, run {md_escape(data.run_id)}. ↑ higher is better, "
+        "↓ lower is better; **bold** = best unlearned method, by a paired difference that "
+        "excludes zero; [95% CI]; n = images.",
     ]
     return "\n".join(lines + footer + ([""] + notes if notes else [])) + "\n"
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")

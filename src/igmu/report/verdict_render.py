@@ -6,6 +6,7 @@ from html import escape
 
 from igmu.core.records import ASPECTS
 from igmu.report.leaderboard import fmt
+from igmu.report.markdown import md_escape
 from igmu.report.verdict import Headline, Verdict, with_best_outcome
 
 NOT_STORED = (
@@ -98,6 +99,6 @@ def verdict_markdown(verdict: Verdict) -> str:
     if not verdict.stored:
         return NOT_STORED + "\n"
     rows = verdict_rows(verdict)
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows[1:]]
+    lines = ["| " + " | ".join(md_escape(c) for c in rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows[1:]]
     return "\n".join(lines) + "\n\n" + RULE.format(tests=verdict.tests) + "\n"
