@@ -670,6 +670,34 @@ def test_disk_full_while_generating_is_one_line_and_keeps_what_was_written(
     assert code == 0 and "2 cached" in out, out
 
 
+def test_second_evaluation_into_a_busy_run_folder_stops_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While one `igmu evaluate` holds a run folder, another into it fails with one line naming
+    the folder and the holder, and writes nothing; once free, the folder is usable again."""
+    import subprocess
+
+    from igmu.core.files import WRITER_LOCK
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(  # another process, as a second terminal would be
+        [sys.executable, "-c", "import sys, time\n"
+         "from igmu.core.files import sole_writer\n"
+         "with sole_writer(sys.argv[1], 'evaluate'):\n"
+         "    print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        err = cli_fails(capsys, *evaluate_args(tmp_path / "images", out))
+        assert f"{out}: igmu evaluate (pid {holder.pid}) is writing this folder" in err
+        assert sorted(p.name for p in out.iterdir()) == [WRITER_LOCK]
+    finally:
+        holder.kill()
+        holder.wait()
+    err = cli_fails(capsys, *evaluate_args(tmp_path / "images", out))
+    assert "is writing this folder" not in err and "images" in err  # free: the next error
+
+
 # --------------------------------------------------------------------------------------------
 # 5. weights files
 

@@ -9,6 +9,7 @@ caller's own checks; ``check_writable`` refuses an output path before the work t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -146,3 +147,39 @@ def check_writable(path: str | Path, what: str, folder: bool = True) -> Path:
                 )
             break
     return path
+
+
+WRITER_LOCK = ".igmu-writer.lock"
+
+
+@contextlib.contextmanager
+def sole_writer(folder: str | Path, command: str) -> Iterator[None]:
+    """Hold ``folder`` for one writing command: a second command into the same folder while
+    this one runs stops at once with an error naming the folder and the other process, instead
+    of both exiting 0 with one run's files under the other's name (POSIX flock, released when
+    the process ends however it ends)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one writer per folder is the user's to keep
+        yield
+        return
+    with open(folder / WRITER_LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            other = handle.read().strip() or "another process"
+            raise ConfigError(
+                f"{folder}: {other} is writing this folder; wait for it to finish or choose "
+                "another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"igmu {command} (pid {os.getpid()})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -11,6 +11,7 @@ import igmu
 from igmu.backbones.config import ModelsConfig
 from igmu.core.constants import ORG
 from igmu.core.errors import ConfigError
+from igmu.core.files import sole_writer
 from igmu.core.records import Aggregate, ImageRecord
 from igmu.core.timings import Timings
 from igmu.dataset.layouts import read_igmu_layout, read_manifest
@@ -101,7 +102,15 @@ def evaluate(
     task: Task, images: Path, run_dir: Path, models: ModelsConfig, options: EvaluationOptions
 ) -> EvaluationResult:
     """Score ``images`` of ``task``; a request the store has answered before (same task,
-    images, models files, options and software) is re-exported from it, loading nothing."""
+    images, models files, options and software) is re-exported from it, loading nothing.
+    One evaluation at a time writes ``run_dir`` (a second one stops with an error)."""
+    with sole_writer(run_dir, "evaluate"):
+        return _evaluate(task, images, run_dir, models, options)
+
+
+def _evaluate(
+    task: Task, images: Path, run_dir: Path, models: ModelsConfig, options: EvaluationOptions
+) -> EvaluationResult:
     timings = Timings()
     with timings.stage("read and pair"):
         records = read_records(task, images, options.layout, options.allow_outside_paths)
