@@ -337,6 +337,50 @@ def test_evaluate_missing_key_is_listed_then_allowed(
     assert len(left_out) == 1
 
 
+ODD_IMAGES = {
+    "one_pixel": (lambda size: png_bytes(Image.new("RGB", (1, 1))), "1x1, a side under 16"),
+    # 58 KB that declare 60,000,000 x 1 pixels: refused from the header, never decoded
+    "sixty_million_by_one": (lambda size: bomb_png(60_000_000, 1), "60000000x1, a side under"),
+    "banner": (lambda size: png_bytes(Image.new("RGB", (5 * size, size))),
+               "{wide}x{size}, an aspect ratio over 4:1"),
+    "other_size": (lambda size: noise_png(size + 16), "images are {size}x{size}"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_IMAGES))
+def test_evaluate_refuses_degenerate_image_sizes_by_name(
+    capsys: pytest.CaptureFixture[str], church_demo: Path, tmp_path: Path, case: str
+) -> None:
+    """A forget image replaced by a 1x1 image, by a PNG declaring 60,000,000 x 1 pixels, or by
+    one of another size than its set: refused before anything is scored, naming the file, the
+    size and why (each once flipped ORG's residual rate or took a gigabyte silently)."""
+    make, expected = ODD_IMAGES[case]
+    culprit = church_demo / "forgot" / "ESD" / "0_0_3.png"
+    with Image.open(culprit) as image:
+        size = image.size[0]
+    culprit.write_bytes(make(size))
+    err = cli_fails(capsys, *evaluate_args(church_demo, tmp_path / "run"))
+    assert f"{culprit}: " in err and expected.format(size=size, wide=5 * size) in err, err
+    assert "--allow-odd-sizes" in err
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_evaluate_scores_odd_sizes_when_allowed_and_lists_them(
+    capsys: pytest.CaptureFixture[str], tiny_models: Path, church_demo: Path, tmp_path: Path
+) -> None:
+    culprit = church_demo / "forgot" / "ESD" / "0_0_3.png"
+    with Image.open(culprit) as image:
+        size = image.size[0]
+    culprit.write_bytes(noise_png(size + 16))
+    args = evaluate_args(church_demo, tmp_path / "run", "--models", tiny_models,
+                         "--metrics", "residual_rate")
+    code, _, err = cli(capsys, *args, "--allow-odd-sizes")
+    assert code == 0, err
+    run = json.loads((tmp_path / "run" / "run.json").read_text(encoding="utf-8"))
+    (line,) = run["odd_sizes_scored"]
+    assert line.startswith(f"{culprit}: {size + 16}x{size + 16}, ")
+
+
 def test_evaluate_stray_file_is_named(
     capsys: pytest.CaptureFixture[str], church_demo: Path, tmp_path: Path
 ) -> None:

@@ -72,6 +72,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="score the intersection of keys, skip images that cannot be read or decoded, "
         "and record everything left out (run.json, the table)",
     )
+    parser.add_argument(
+        "--allow-odd-sizes",
+        action="store_true",
+        help="score images with a side under 16 px, an aspect ratio over 4:1 or another size "
+        "than the rest of their prompt set (refused by default; run.json lists them)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument(
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         allow_outside_paths=args.allow_outside_paths,
         reference_method=args.reference_method,
         allow_missing=args.allow_missing,
+        allow_odd_sizes=args.allow_odd_sizes,
         metrics=_split(args.metrics),
         detectors=_split(args.detectors),
         batch_size=args.batch_size,

@@ -16,6 +16,7 @@ from igmu.core.records import Aggregate, ImageRecord
 from igmu.core.timings import Timings
 from igmu.dataset.layouts import read_igmu_layout, read_manifest
 from igmu.evaluation.exports import write_exports
+from igmu.evaluation.image_sizes import check_sizes
 from igmu.evaluation.pairing import pair_images
 from igmu.evaluation.rerun import installed_versions, request_key
 from igmu.store import Store
@@ -44,7 +45,7 @@ PACKAGES = (
 LAYOUTS = ("auto", "igmu", "manifest")
 # The options a result depends on (a request key names them).
 REQUEST_OPTIONS = ("layout", "allow_outside_paths", "reference_method", "allow_missing",
-                   "metrics", "detectors", "bootstrap_seed", "device")
+                   "allow_odd_sizes", "metrics", "detectors", "bootstrap_seed", "device")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class EvaluationOptions:
     allow_outside_paths: bool = False
     reference_method: str = ORG
     allow_missing: bool = False
+    allow_odd_sizes: bool = False  # score images of degenerate or odd sizes (image_sizes.py)
     metrics: list[str] | None = None
     detectors: list[str] | None = None
     batch_size: int = 16
@@ -115,6 +117,7 @@ def _evaluate(
     with timings.stage("read and pair"):
         records = read_records(task, images, options.layout, options.allow_outside_paths)
         paired = pair_images(records, task, options.reference_method, options.allow_missing)
+        odd_sizes = check_sizes(paired, options.allow_odd_sizes)
     packages = package_versions()
     asked = {name: getattr(options, name) for name in REQUEST_OPTIONS}
     key = request_key(task, records, models.values, asked, PACKAGES)
@@ -139,7 +142,7 @@ def _evaluate(
         from igmu.evaluation.scoring import score
 
         run_id, aggregates, decoded, extra = score(
-            task, paired, run_dir, models, options, store, timings, packages
+            task, paired, run_dir, models, options, store, timings, packages, odd_sizes
         )
         store.remember_request(key, run_id, extra)
     finally:

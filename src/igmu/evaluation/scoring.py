@@ -130,9 +130,10 @@ def run_spec(
 
 def score(
     task: Task, paired: PairedSet, run_dir: Path, models: ModelsConfig, options: Any,
-    store: Store, timings: Timings, packages: dict[str, str],
+    store: Store, timings: Timings, packages: dict[str, str], odd_sizes: list[str] | None = None,
 ) -> tuple[str, list[Aggregate], int, dict[str, Any]]:
-    """(run id, aggregates, images decoded, run.json's extra fields) of a computed run."""
+    """(run id, aggregates, images decoded, run.json's extra fields) of a computed run;
+    ``odd_sizes``: the images of odd size scored under --allow-odd-sizes (run.json lists them)."""
     check_device(options.device)
     providers = Providers(models, task, options.detectors, options.device)
     with timings.stage("build models"):
@@ -183,6 +184,8 @@ def score(
         )
         extra = {"not_computed": not_computed, "metric_notes": notes, "audits": audits,
                  "timings": timings.rounded(), "threads": chosen_threads()}
+        if odd_sizes:
+            extra["odd_sizes_scored"] = odd_sizes
         write_exports(run_dir, task, run_id, store, spec, fingerprints, paired.left_out, extra)
     return run_id, aggregates, executor.decoded_images, extra
 
