@@ -29,8 +29,13 @@ def test_demo_scores_every_method_and_image(church_demo: Path, tiny_models: Path
     assert {"forgetting", "fidelity", "preservation", "alignment"} <= {m["aspect"] for m in metrics}
     for row in metrics:
         value, low, high = (float(row[k]) for k in ("value", "ci_low", "ci_high"))
-        if not math.isnan(value):
-            assert low <= value <= high, row
+        if math.isnan(value) or row["aspect"] == "efficiency":
+            continue
+        if row["prompts"] == "1" and "rate" not in row["metric"]:
+            # a mean over one prompt's seeds has no interval (one unit): undefined, not a point
+            assert math.isnan(low) and math.isnan(high), row
+        else:
+            assert low <= value <= high and (low < high or value in (0.0, 1.0)), row
     residual = [m for m in metrics if m["metric"].startswith("residual_rate")]
     assert {m["method"] for m in residual} == {"ORG", "ESD", "UCE"}
     # five seeds of one prompt: five images, one unit for the interval
@@ -50,6 +55,30 @@ def test_demo_scores_every_method_and_image(church_demo: Path, tiny_models: Path
     head = evaluators["detector:clip_head"]
     assert head["threshold"] == 0.5 and len(head["head_sha256"]) == 64
     assert run["spec"]["bootstrap"]["seed"] == 0
+
+
+def test_one_prompt_decides_nothing(church_demo: Path, tiny_models: Path, tmp_path: Path):
+    """IGMU's church layout: one forget prompt, five seeds a method. No verdict cell may call a
+    method better or worse than ORG on a metric measured on that one prompt; those cells say
+    so ("cannot be decided: 1 prompt"; FID, never tested against ORG, says n/a)."""
+    out = tmp_path / "runs" / "church"
+    evaluate(church_demo, out, tiny_models)
+    metrics = read_csv(out / "metrics.csv")
+    one_prompt = {m["metric"] for m in metrics if m["prompts"] == "1"
+                  and m["aspect"] != "efficiency" and "rate" not in m["metric"]}
+    assert one_prompt, "the layout has metrics measured on one prompt"
+    text = run_cli("report", out, "--format", "md", "--out", "-").stdout
+    verdict = text.split("### Leaderboard")[0]
+    rows = [line.split(" | ") for line in verdict.splitlines() if line.startswith("| ")]
+    header, cells = rows[0], [r for r in rows[2:]]
+    undecided = 0
+    for row in cells:
+        for column, cell in zip(header[1:], row[1:], strict=True):
+            metric = column.split(": ", 1)[-1].strip(" |")
+            if metric in one_prompt:
+                assert "better" not in cell and "WORSE" not in cell, (column, cell)
+                undecided += "cannot be decided: 1 prompt" in cell
+    assert undecided >= len(cells)  # at least one such cell per method (FID's say n/a)
 
 
 def test_preservation_pairs_by_key_not_file_order(church_demo: Path, tiny_models: Path,

@@ -9,6 +9,8 @@ import math
 import sys
 from pathlib import Path
 
+from igmu.core.intervals import MIN_PROMPTS
+
 DESCRIPTION = (
     "Compare two methods of one evaluated run, metric by metric, on the images they share by key "
     "(prompt set, class, prompt, seed). Each row is the difference A - B with a 95% interval "
@@ -51,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--a and --b name the same method")
     rows = []
     for d in compare_methods(stored, args.a, args.b):
-        verdict = d.note or (f"{d.better} better" if d.better else "not distinguishable")
+        verdict = d.note or (f"{d.better} better" if d.better else (
+            f"cannot be decided: {d.prompts} prompt" if 0 < d.prompts < MIN_PROMPTS
+            else "not distinguishable"))
         rows.append({
             "metric": d.metric, "aspect": d.aspect,
             "direction": "higher" if d.higher_is_better else "lower",

@@ -5,7 +5,8 @@ independent, so every interval here resamples or counts prompts, never images.
   design effect deff compares the cluster-robust variance of the pooled rate with the binomial
   one (Kish; Korn and Graubard's approach for clustered proportions).
 - ``cluster_mean_interval``: a t interval with G - 1 degrees of freedom around a (possibly
-  stratified) mean, with the cluster-robust (CR1) variance of the estimator.
+  stratified) mean, with the cluster-robust (CR1) variance of the estimator; undefined (NaN)
+  with fewer than ``MIN_PROMPTS`` prompts.
 - ``cluster_mean_test``: the same with a p-value, for paired comparisons of two methods;
   ``prompt_resamples``: bootstrap samples that draw whole prompts (FID's intervals and tests,
   ``igmu.metrics.functional``).
@@ -25,6 +26,13 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 Z = float(stats.norm.ppf((1 + CONFIDENCE) / 2))
+# Fewer prompts than this and a mean's interval (and any test of it) is undefined: the images of
+# one prompt are one unit, and one unit has no spread to measure.
+MIN_PROMPTS = 2
+
+
+def prompt_count(clusters: Sequence) -> int:
+    return len(set(np.asarray(clusters, dtype=str).tolist()))
 
 
 def _cluster_index(clusters: Sequence) -> tuple[np.ndarray, int]:
@@ -138,8 +146,11 @@ def cluster_mean_test(
         estimate = float(means.mean())
         cluster_strata = np.zeros(groups, dtype=int)
         cluster_strata[index] = s_index
-    if groups < 2 or np.ptp(data) == 0:
-        # No spread to measure: the estimate is exact as far as this sample can tell.
+    if groups < MIN_PROMPTS:
+        # One prompt: its seeds are one unit, so there is no interval and no test (NaN).
+        return MeanTest(estimate, nan, nan, nan)
+    if np.ptp(data) == 0:
+        # Two or more prompts, all alike: exact as far as this sample can tell.
         return MeanTest(estimate, estimate, estimate, 1.0 if estimate == 0 else 0.0)
     influence = np.bincount(index, weights=weights * centred, minlength=groups)
     variance, dof = _stratified_variance(influence, cluster_strata, groups)

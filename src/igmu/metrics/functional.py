@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import linalg
 
-from igmu.core.intervals import CONFIDENCE, MeanTest, prompt_resamples
+from igmu.core.intervals import (
+    CONFIDENCE,
+    MIN_PROMPTS,
+    MeanTest,
+    prompt_count,
+    prompt_resamples,
+)
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -71,6 +77,8 @@ def paired_frechet_interval(
     prompts (all of a prompt's pairs, both sides together)."""
     reference, own = np.asarray(reference), np.asarray(own)
     point = frechet_distance(reference, own)
+    if prompt_count(clusters) < MIN_PROMPTS:  # every resample is the one prompt again
+        return float("nan"), float("nan")
     draws = [frechet_distance(reference[rows], own[rows])
              for rows in prompt_resamples(clusters, resamples, seed)]
     if not draws:
@@ -93,6 +101,8 @@ def paired_frechet_difference_test(
     resampling prompts jointly for all three sides (rows are aligned by key)."""
     reference, first, second = (np.asarray(x) for x in (reference, first, second))
     point = frechet_distance(reference, first) - frechet_distance(reference, second)
+    if prompt_count(clusters) < MIN_PROMPTS:
+        return MeanTest(point, float("nan"), float("nan"), float("nan"))
     draws = [
         frechet_distance(reference[rows], first[rows])
         - frechet_distance(reference[rows], second[rows])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from igmu.core.intervals import MIN_PROMPTS
 from igmu.core.records import ASPECTS, Aggregate, Comparison
 from igmu.store.runs import StoredRun
 
@@ -23,9 +24,22 @@ class Call:
     adjusted_p: float = float("nan")
 
     @property
+    def undecidable(self) -> bool:
+        """Compared on too few prompts for an interval: nothing can be decided."""
+        c = self.comparison
+        return self.outcome == "n/a" and c is not None and c.n > 0 and c.prompts < MIN_PROMPTS
+
+    @property
     def word(self) -> str:
         return {"better": "better than", "worse": "worse than", "same": "not distinguishable from",
                 "n/a": "not comparable with"}[self.outcome]
+
+    def phrase(self) -> str:
+        """The call in words, e.g. "worse than ORG", "cannot be decided: 1 prompt"."""
+        if self.undecidable:
+            prompts = self.comparison.prompts if self.comparison is not None else 0
+            return f"cannot be decided: {prompts} prompt{'s' if prompts != 1 else ''}"
+        return f"{self.word} {self.other}"
 
 
 @dataclass(frozen=True)
@@ -94,5 +108,7 @@ def with_best_outcome(headline: Headline) -> str:
         return f"tied with {call.other}"
     if call.outcome == "worse":
         return f"behind {call.other}"
+    if call.undecidable:
+        return f"vs {call.other}: {call.phrase()}"
     return f"not comparable with {call.other}"
 

@@ -39,7 +39,7 @@ def _cell(h: Headline, reference: str) -> str:
         f'<td class="v-{ref.outcome}" data-outcome="{ref.outcome}">'
         f'<span class="v-metric">{escape(h.metric or "")}</span><br>'
         f'<b>{escape(_value(h))}</b><br>'
-        f'<span class="v-call"{p}>{escape(ref.word)} {escape(reference)}</span><br>'
+        f'<span class="v-call"{p}>{escape(ref.phrase())}</span><br>'
         f'<span class="v-best">{escape(with_best_outcome(h))}</span></td>'
     )
 
@@ -66,6 +66,8 @@ def verdict_html(verdict: Verdict) -> str:
 def _short(h: Headline, reference: str) -> str:
     if h.aggregate is None:
         return "–"
+    if h.vs_reference.undecidable:
+        return f"{fmt(h.aggregate.value)} {h.vs_reference.phrase()}"
     word = {"better": "better", "worse": "WORSE", "same": "~", "n/a": "n/a"}[
         h.vs_reference.outcome]
     return f"{fmt(h.aggregate.value)} {word} vs {reference}"
