@@ -74,12 +74,52 @@ def select_metrics(task: Task, requested: list[str] | None) -> list[str]:
     return names
 
 
+class _WouldBuild(Exception):
+    """A metric factory asked for a network: it applies as far as the data can tell."""
+
+
+class _NoNetworks:
+    """Stands in for `Providers` while each asked-for metric is checked: every network request
+    stops the factory (it applies) before anything is built or loaded."""
+
+    def __init__(self, real: Providers) -> None:
+        self.detector_names = real.detector_names
+
+    def __getattr__(self, name: str) -> Any:
+        def request(*args: Any, **kwargs: Any) -> Any:
+            raise _WouldBuild(name)
+
+        return request
+
+
+def refuse_inapplicable(task: Task, names: list[str], paired: PairedSet, real: Providers) -> None:
+    """Before any network is built: a metric asked for by name that does not apply to this task
+    and these images is a ConfigError naming what it needs. (A metric whose applicability
+    depends on a network, such as prompt_accuracy's judges, is decided when it is built.)"""
+    dry = _NoNetworks(real)
+    for name in names:
+        factory = METRICS.get(name)
+        try:
+            built = factory(task, dry, paired)
+        except _WouldBuild:
+            continue
+        if not built:
+            needs = getattr(factory, "requires", "inputs it can score")
+            raise ConfigError(
+                f"--metrics {name}: does not apply to task {task.name!r} with these images; "
+                f"it needs {needs}"
+            )
+
+
 def build_metrics(
     task: Task, providers: Providers, paired: PairedSet, options: Any
 ) -> tuple[list[str], list[Any], list[dict[str, str]]]:
     """(metric names, metric instances, what the task's defaults could not compute and why);
-    building them builds the networks they need."""
+    building them builds the networks they need, after every metric asked for by name was
+    checked to apply (`refuse_inapplicable`)."""
     metric_names = select_metrics(task, options.metrics)
+    if options.metrics is not None:
+        refuse_inapplicable(task, metric_names, paired, providers)
     metrics, not_computed = [], []
     for name in metric_names:
         built = METRICS.get(name)(task, providers, paired)
