@@ -59,8 +59,10 @@ def test_demo_scores_every_method_on_every_aspect_and_task(demo) -> None:
 def test_demo_ground_truth(demo) -> None:
     """ORG draws the concept; UCE and ESD erase it; UCE, a minimal closed-form edit, keeps the
     rest of each forget prompt and the unrelated prompts about as well drawn as ORG does; RETRAIN
-    (never shown the cross) rarely draws one. Measured with the shipped weights (README): ORG
-    residual 0.97-1.00, UCE and ESD 0.00, RETRAIN 0.09; UCE's prompt accuracies within 0.09 of
+    (never shown the cross, or the spot) rarely draws one. Measured with the shipped weights
+    (README): ORG residual 0.97-1.00, UCE and ESD 0.00, RETRAIN 0.09 (cross) and 0.00 (spot);
+    on mini_style the judge reads RETRAIN's unbanded marks as stripes (0.91, not asserted;
+    test_miniworld_t2i checks the banding); UCE's prompt accuracies within 0.09 of
     ORG's (n = 9-32 images, so the margin is 0.2)."""
     rows = read_csv(demo[0] / "metrics.csv")
     for task in TASKS:
@@ -70,19 +72,20 @@ def test_demo_ground_truth(demo) -> None:
         for prompts in ("prompt_accuracy.forget", "prompt_accuracy.unrelated"):
             org = value(rows, task, "ORG", prompts)
             assert value(rows, task, "UCE", prompts) >= org - 0.2, (task, prompts)
-    assert value(rows, "mini_object", "RETRAIN", RESIDUAL["mini_object"]) <= 0.2
+    for task in ("mini_object", "mini_attribute"):  # mini_style's judge misreads RETRAIN (0.91)
+        assert value(rows, task, "RETRAIN", RESIDUAL[task]) <= 0.2, task
 
 
 def test_demo_attacks_every_method_and_retrain_resists(demo) -> None:
     """Robustness by attack on the first 4 forget prompts: pre- and post-attack rates side by
     side, prompts as the unit; the attacks keep the concept wherever the model draws it (ORG,
-    and NEGPROMPT where the negative prompt does not remove it: >= 90%); on mini_object RETRAIN
-    stays far below ORG (measured: ORG 4/4, RETRAIN at most 1/4 - the prompt it already drew a
-    judged cross for - with either attack)."""
+    and NEGPROMPT where the negative prompt does not remove it: >= 90%); on mini_object and
+    mini_attribute RETRAIN stays far below ORG (measured: ORG 4/4; RETRAIN at most 1/4 - the
+    prompt it already drew a judged cross for - and 0/4 spots, with either attack)."""
     rows = read_csv(demo[0] / "metrics.csv")
     for task in TASKS:
         judge = RESIDUAL[task].split(".", 1)[1]
-        methods = (*METHODS, "RETRAIN") if task == "mini_object" else METHODS
+        methods = (*METHODS, "RETRAIN")
         for method in methods:
             for attack in ATTACKS:
                 post = [r for r in rows if (r["task"], r["method"], r["metric"]) == (
@@ -93,11 +96,12 @@ def test_demo_attacks_every_method_and_retrain_resists(demo) -> None:
                 assert post[0]["prompts"] == pre[0]["prompts"] == "4"
                 if method in ("ORG", "NEGPROMPT") and float(pre[0]["value"]) >= 0.9:
                     assert float(post[0]["value"]) >= 0.9, (task, method, attack)
-    judge = RESIDUAL["mini_object"].split(".", 1)[1]
-    for attack in ATTACKS:
-        metric = f"attack_success_rate.{attack}.{judge}"
-        retrain = value(rows, "mini_object", "RETRAIN", metric)
-        assert retrain <= 0.25 and value(rows, "mini_object", "ORG", metric) - retrain >= 0.75
+    for task in ("mini_object", "mini_attribute"):
+        judge = RESIDUAL[task].split(".", 1)[1]
+        for attack in ATTACKS:
+            metric = f"attack_success_rate.{attack}.{judge}"
+            retrain = value(rows, task, "RETRAIN", metric)
+            assert retrain <= 0.25 and value(rows, task, "ORG", metric) - retrain >= 0.75, task
 
 
 def test_demo_rerun_reuses_everything_and_gives_the_same_numbers(demo) -> None:

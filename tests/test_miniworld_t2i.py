@@ -197,6 +197,56 @@ def test_shipped_retrain_draws_the_world_but_rarely_a_cross() -> None:
     assert report["accuracy"]["shape"] >= 0.85 and report["accuracy"]["colour"] >= 0.9, report
 
 
+def test_shipped_retrain_mini_attribute_never_draws_the_spot() -> None:
+    """RETRAIN for mini_attribute (trained without the white spot) draws no judged spot when
+    asked for one, and the rest as ORG does (measured at 8 steps: 0 of 21 spot prompts, ORG 21
+    of 21; shape and colour 100%)."""
+    from igmu.miniworld.retrain import retrain_model_dir
+
+    folder = retrain_model_dir("mini_attribute")
+    assert folder is not None
+    assert json.loads((folder / METADATA).read_text())["world"]["without"] == "attribute"
+    report = judge_accuracy(load_pipeline(folder), n=48, num_inference_steps=8,
+                            without="attribute")
+    assert report["concept"]["n"] >= 10 and report["concept"]["residual"] <= 0.1, report
+    org = judge_accuracy(load_pipeline(), n=48, num_inference_steps=8, without="attribute")
+    assert org["concept"]["residual"] >= 0.9, org["concept"]
+    assert report["accuracy"]["shape"] >= 0.9 and report["accuracy"]["colour"] >= 0.9, report
+
+
+def horizontal_banding(image: np.ndarray) -> float:
+    """Variance of the row means over that of the column means in the subject's centre: the
+    world's stripes are horizontal bands (about 4-5 on ORG's images), dots, checker and
+    irregular marks about 1."""
+    centre = image.astype(float).mean(axis=2)[10:22, 10:22]
+    return float(centre.mean(axis=1).var() / (centre.mean(axis=0).var() + 1e-6))
+
+
+def test_shipped_retrain_mini_style_draws_no_stripes_but_the_judge_reads_them() -> None:
+    """RETRAIN for mini_style never saw stripes. Asked for them it draws heavy irregular marks
+    without horizontal bands (banding median 0.92 at 8 steps; ORG 4.56), yet the judge's
+    closed-set texture head calls most of them stripes (83%; ORG 92%): on mini_style the
+    judge's residual has a floor near RETRAIN's, not near 0 (docs/design/miniworld.md)."""
+    from igmu.miniworld.judges import Judge, default_judge_dir
+    from igmu.miniworld.retrain import retrain_model_dir
+
+    folder = retrain_model_dir("mini_style")
+    assert folder is not None
+    assert json.loads((folder / METADATA).read_text())["world"]["without"] == "style=stripes"
+    prompts = [f"a {colour} {shape} with stripes on a {background} background"
+               for shape in ("circle", "square") for colour in ("red", "green", "blue", "yellow")
+               for background in ("white", "grey", "black")]
+    seeds = list(range(len(prompts)))
+    judge = Judge(default_judge_dir())
+    banding, judged = {}, {}
+    for name, path in (("ORG", None), ("RETRAIN", folder)):
+        images = generate(load_pipeline(path), prompts, seeds, 2.0, 8)
+        banding[name] = float(np.median([horizontal_banding(i) for i in images]))
+        judged[name] = float(np.mean([s == "stripes" for s in judge.predict(images)["style"]]))
+    assert banding["ORG"] >= 3.0 and banding["RETRAIN"] <= 1.5, banding
+    assert judged["ORG"] >= 0.8 and judged["RETRAIN"] >= 0.5, judged
+
+
 # ---------------------------------------------------------------------------------------------
 # RETRAIN: the same training on the world without the task's concept
 
@@ -357,17 +407,17 @@ def test_retrain_cli_and_model_dir(tmp_path) -> None:
     )
     assert bad.returncode != 0 and "mini_judge" in bad.stderr
 
-    # The shipped weights: a RETRAIN folder per mini task once trained, loadable; else None.
+    # The shipped weights: a RETRAIN folder for each of the three mini tasks, loadable.
     for task in CONCEPTS:
         folder = retrain_model_dir(task)
-        if (default_retrain_root() / task / "model_index.json").is_file():
-            assert folder == default_retrain_root() / task
-            assert isinstance(load_pipeline(folder), MiniWorldPipeline)
-            # The gold standard never draws what it never saw (ORG: about 100%).
-            judged = json.loads((folder / METADATA).read_text())["judges"]["guidance_2"]
+        assert folder == default_retrain_root() / task
+        assert isinstance(load_pipeline(folder), MiniWorldPipeline)
+        judged = json.loads((folder / METADATA).read_text())["judges"]["guidance_2"]
+        assert judged["concept"]["target"] == CONCEPTS[task]
+        # Never drawn what it never saw (ORG: about 100%); on mini_style the judge reads
+        # RETRAIN's unbanded marks as stripes (0.76, test above), so no bound there.
+        if task != "mini_style":
             assert judged["concept"]["residual"] <= 0.2, (task, judged["concept"])
-        else:
-            assert folder is None
 
 
 def test_gpu_training_script_logic_on_cpu(tmp_path) -> None:
