@@ -90,3 +90,31 @@ def test_paired_frechet_keeps_pairs_together() -> None:
     )
     assert test.estimate == pytest.approx(3.0, rel=1e-6)  # a shift of 1 in each of 3 dims
     assert test.low > 0 and test.p_value == 0.0
+
+
+def test_bounded_means_keep_their_interval_inside_the_domain() -> None:
+    """LPIPS, CSDR and CLIP score means near a bound: the t interval would leave the domain (an
+    LPIPS of -0.09); cut to it, the bound is the domain's and the estimate is unchanged."""
+    from igmu.core.records import ImageKey, ImageRecord, Sample
+    from igmu.metrics.base import mean_result
+    from igmu.metrics.clip_score import ClipScore
+    from igmu.metrics.csdr import Csdr
+    from igmu.metrics.lpips import Lpips
+
+    def samples(values: list[float]) -> list[Sample]:
+        return [Sample("UCE", ImageRecord("UCE", ImageKey("unrelated", "c", i, 0), "p", f"{i}"), v)
+                for i, v in enumerate(values)]
+
+    near_zero = samples([0.0, 0.0, 0.0, 0.0, 0.4])
+    near_hundred = samples([100.0, 100.0, 100.0, 60.0])
+    for metric, data, bound in ((Lpips, near_zero, "low"), (Csdr, near_zero, "low"),
+                                (ClipScore, near_hundred, "high")):
+        shell = object.__new__(metric)  # the class's domain, no network
+        shell.name, shell.aspect = metric.__name__.lower(), "alignment"
+        raw = C.cluster_mean_interval([s.value for s in data], [str(i) for i in range(len(data))])
+        agg = mean_result(shell, "UCE", data).aggregate
+        assert agg.value == raw[0]
+        if bound == "low":
+            assert raw[1] < 0 and agg.ci_low == 0.0 and agg.ci_high == raw[2]
+        else:
+            assert raw[2] > 100 and agg.ci_high == 100.0 and agg.ci_low == raw[1]

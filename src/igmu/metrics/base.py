@@ -149,7 +149,8 @@ def mean_result(
     metric: Metric, method: str, samples: list[Sample], groups: list[str] | None = None
 ) -> MetricResult:
     """Mean (or, with ``groups``, mean of group means) of finite values with a t interval over
-    prompts; NaN samples are kept but counted out, with a warning."""
+    prompts, cut to the metric's ``domain`` where it declares one; NaN samples are kept but
+    counted out, with a warning."""
     values = np.array([s.value for s in samples], dtype=np.float64)
     finite = np.isfinite(values)
     undefined = int((~finite).sum())
@@ -165,6 +166,7 @@ def mean_result(
         return make_result(metric, method, nan, nan, nan, 0, 0, samples, warning)
     strata = None if groups is None else list(np.asarray(groups)[finite])
     value, low, high = C.cluster_mean_interval(values[finite], clusters, strata)
+    low, high = C.within_domain(low, high, getattr(metric, "domain", None))
     return make_result(metric, method, value, low, high, len(kept), prompts, samples, warning)
 
 

@@ -53,6 +53,7 @@ class ClipScore:
     name = "clip_score"
     aspect = "alignment"
     higher_is_better = True
+    domain = (0.0, 100.0)  # 100 * max(cos, 0)
 
     def __init__(self, backbone: Any, task: Any, prompt_set: str) -> None:
         self.backbone = backbone

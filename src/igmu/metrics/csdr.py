@@ -29,6 +29,7 @@ from igmu.metrics.fid import primary_set
 class Csdr:
     aspect = "alignment"
     higher_is_better = False
+    domain = (0.0, float("inf"))  # |a - b| / a in percent
 
     def __init__(self, backbone: Any, task: Any, prompt_set: str, primary: str) -> None:
         self.backbone = backbone

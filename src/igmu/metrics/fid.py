@@ -81,8 +81,8 @@ def frechet_result(
     warning = ""
     if n < FID_SMALL_SAMPLE:
         warning = (
-            f"FID on n={n} images per set is strongly biased upward and not comparable "
-            f"across sample sizes (use >= {FID_SMALL_SAMPLE})"
+            f"FID estimated from n={n} images per set: the estimator's bias depends on n, so "
+            f"compare it only with FIDs at the same n (>= {FID_SMALL_SAMPLE} for absolute values)"
         )
     prompts = len(set(clusters))
     return make_result(

@@ -25,6 +25,7 @@ from igmu.metrics.fid import primary_set
 
 class Lpips:
     higher_is_better = False
+    domain = (0.0, float("inf"))  # a distance
 
     def __init__(self, net: Any, task: Any, prompt_set: str, primary: str) -> None:
         self.net = net

@@ -41,8 +41,8 @@ def arrow(higher: bool) -> str:
 
 
 FID_CAUSE = (
-    "FID on fewer than 2,000 images per set: strongly biased upward, comparable only between "
-    "methods at the same n (greyed)"
+    "FID from fewer than 2,000 images per set: the estimator's bias depends on n, so it is "
+    "comparable only between methods at the same n (greyed)"
 )
 PROMPTS_CAUSE = "fewer than 30 prompts: the interval is wide, treat the value as indicative"
 UNDEFINED_CAUSE = "samples whose value is undefined (NaN), excluded from the mean"
