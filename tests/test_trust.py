@@ -331,3 +331,30 @@ def test_a_warm_rerun_loads_no_network(church_demo: Path, tiny_models: Path,
     cold = subprocess.run([sys.executable, "-m", "igmu.cli.main", *args], env=env,
                           capture_output=True, text=True, timeout=300)
     assert cold.returncode != 0 and "was loaded" in cold.stderr
+
+
+def test_scores_do_not_depend_on_batch_size_or_cache_history(tmp_path: Path) -> None:
+    """metrics.csv byte for byte on MiniWorld images (whose networks do show it): --batch-size
+    16, --batch-size 3, and --batch-size 5 into a store where a run on ORG's images alone cached
+    their features first, so NEGPROMPT's meet the networks in other company. Every network call
+    has one shape (metrics.base.NETWORK_BATCH); with calls of whatever size came, 16 and 3
+    differed from line 7 of metrics.csv."""
+    import json
+
+    gen = tmp_path / "gen"
+    run_cli("generate", "--task", "mini_object", "--method", "ORG,NEGPROMPT",
+            "--max-prompts-per-class", "1", "--out", gen, "--quiet", "--threads", "1")
+    org_only = gen / "org.jsonl"
+    rows = [line for line in (gen / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+            if json.loads(line)["method"] == "ORG"]
+    org_only.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    def evaluate(images: Path, out: Path, batch: str) -> bytes:
+        run_cli("evaluate", "--task", "mini_object", "--images", images, "--out", out,
+                "--batch-size", batch, "--quiet", "--threads", "1")
+        return (out / "metrics.csv").read_bytes()
+
+    first = evaluate(gen / "manifest.jsonl", tmp_path / "a" / "run", "16")
+    assert evaluate(gen / "manifest.jsonl", tmp_path / "b" / "run", "3") == first
+    evaluate(org_only, tmp_path / "c" / "warm", "16")
+    assert evaluate(gen / "manifest.jsonl", tmp_path / "c" / "run", "5") == first

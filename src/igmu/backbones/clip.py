@@ -63,10 +63,10 @@ class ClipBackbone:
         return out.float().cpu().numpy()
 
     def text_embeddings(self, texts: list[str]) -> np.ndarray:
-        inputs = self.processor(
+        inputs = self.processor(  # a fixed length: the floats then do not depend on the batch
             text=list(texts),
             return_tensors="pt",
-            padding=True,
+            padding="max_length",
             truncation=True,
             max_length=self.model.config.text_config.max_position_embeddings,
         )

@@ -78,7 +78,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="score images with a side under 16 px, an aspect ratio over 4:1 or another size "
         "than the rest of their prompt set (refused by default; run.json lists them)",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-size", type=int, default=16,
+        help="images read and decoded at once (default 16); networks always run on calls of "
+        "8, so scores do not depend on it",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument(
         "--device",

@@ -1,5 +1,12 @@
 """Satisfy metric needs: each image read and decoded at most once, each network run once per
-image (cached by content hash in the store), in batches, with a progress bar."""
+image (cached by content hash in the store), in batches, with a progress bar.
+
+Every network call has the same shape: ``NETWORK_BATCH`` images (or texts, or image pairs), the
+last call of a run padded with copies of its first item whose outputs are dropped. CPU kernels
+give an item the same floats whatever else shares a call of one shape, but other floats at
+another shape; so with a fixed shape a score does not depend on ``--batch-size`` (which now
+only sets how many images are read and decoded at once) nor on which images another run cached
+first (issue 20). The shape joins every stored feature's key (`provider_key`)."""
 
 from __future__ import annotations
 
@@ -16,20 +23,19 @@ from igmu.core.errors import ImageError
 from igmu.core.images import decode_bytes
 from igmu.core.records import ImageRecord
 from igmu.core.timings import Timings
-from igmu.metrics.base import ImageNeed, PairNeed, TextNeed
+from igmu.metrics.base import (
+    ImageNeed,
+    PairNeed,
+    TextNeed,
+    in_fixed_calls,
+    is_detector,
+    provider_key,
+)
 from igmu.store import Store
 
 
 def text_key(text: str) -> str:
     return "text:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def is_detector(provider: Any) -> bool:
-    return hasattr(provider, "verdict")
-
-
-def provider_key(provider: Any) -> str:
-    return provider.model_fingerprint if is_detector(provider) else provider.fingerprint
 
 
 class Executor:
@@ -105,7 +111,7 @@ class Executor:
     def _run_texts(self, needs: list[TextNeed]) -> None:
         by_provider: dict[str, tuple[Any, list[str]]] = {}
         for need in needs:
-            by_provider.setdefault(need.provider.fingerprint, (need.provider, []))[1].append(
+            by_provider.setdefault(provider_key(need.provider), (need.provider, []))[1].append(
                 need.text
             )
         for fp, (provider, all_texts) in by_provider.items():
@@ -115,7 +121,7 @@ class Executor:
             for start in range(0, len(missing), 64):
                 chunk = missing[start : start + 64]
                 with self.timings.stage(f"score/{_label(provider)} (text)"):
-                    vectors = provider.text_embeddings(chunk)
+                    vectors = in_fixed_calls(provider.text_embeddings, chunk)
                 fresh = {text_key(t): v for t, v in zip(chunk, vectors, strict=True)}
                 self.store.put_features(fp, fresh)
                 cached.update(fresh)
@@ -186,11 +192,11 @@ class Executor:
                 images = [decoded(p) for p in missing]
                 started = time.perf_counter()
                 if is_detector(provider):
-                    outputs = provider.analyse(images)
+                    outputs = in_fixed_calls(provider.analyse, images)
                     fresh = {self.sha[p]: o for p, o in zip(missing, outputs, strict=True)}
                     self.store.put_detections(key, fresh)
                 else:
-                    vectors = provider.image_embeddings(images)
+                    vectors = in_fixed_calls(provider.image_embeddings, images)
                     fresh = {self.sha[p]: v for p, v in zip(missing, vectors, strict=True)}
                     self.store.put_features(key, fresh)
                 self.timings.add(f"score/{_label(provider)}", time.perf_counter() - started)
@@ -204,7 +210,7 @@ class Executor:
         todo: dict[str, tuple[Any, list[PairNeed]]] = {}
         for path in paths:
             for need in pair_needs.get(path, []):
-                todo.setdefault(need.provider.fingerprint, (need.provider, []))[1].append(need)
+                todo.setdefault(provider_key(need.provider), (need.provider, []))[1].append(need)
         for fp, (provider, needs) in todo.items():
             needs = [
                 n for n in needs if n.reference.path in self.sha and n.record.path in self.sha
@@ -231,8 +237,9 @@ class Executor:
                     by_shape[image.shape].append(i)
                 for indices in by_shape.values():
                     started = time.perf_counter()
-                    values = provider.distances(
-                        [firsts[i] for i in indices], [seconds[i] for i in indices]
+                    values = in_fixed_calls(
+                        provider.distances, [firsts[i] for i in indices],
+                        [seconds[i] for i in indices],
                     )
                     self.timings.add(f"score/{_label(provider)}", time.perf_counter() - started)
                     for i, value in zip(indices, values, strict=True):

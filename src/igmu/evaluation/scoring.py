@@ -23,12 +23,12 @@ from igmu.core.records import Aggregate, ImageRecord, MetricResult, Sample
 from igmu.core.threads import chosen_threads
 from igmu.core.timings import Timings
 from igmu.evaluation.efficiency import efficiency
-from igmu.evaluation.executor import Executor, provider_key, text_key
+from igmu.evaluation.executor import Executor, text_key
 from igmu.evaluation.exports import write_exports
 from igmu.evaluation.pairing import PairedSet
 from igmu.evaluation.providers import Providers
 from igmu.evaluation.verdict import report_comparisons
-from igmu.metrics.base import METRICS
+from igmu.metrics.base import METRICS, provider_key
 from igmu.store import Store
 from igmu.store.audits import find_audits
 from igmu.store.runs import StoredRun
@@ -50,13 +50,13 @@ class _Context:
         return self._x.embeddings[(provider_key(provider), self.sha(record))]
 
     def text_embedding(self, provider: Any, text: str) -> np.ndarray:
-        return self._x.embeddings[(provider.fingerprint, text_key(text))]
+        return self._x.embeddings[(provider_key(provider), text_key(text))]
 
     def verdict(self, detector: Any, record: ImageRecord) -> Any:
-        return detector.verdict(self._x.raw[(detector.model_fingerprint, self.sha(record))])
+        return detector.verdict(self._x.raw[(provider_key(detector), self.sha(record))])
 
     def pair_value(self, provider: Any, reference: ImageRecord, record: ImageRecord) -> float:
-        return self._x.pairs[(provider.fingerprint, self.sha(reference), self.sha(record))]
+        return self._x.pairs[(provider_key(provider), self.sha(reference), self.sha(record))]
 
     def audits(self, fingerprint: str) -> list[dict[str, Any]]:
         """The judge audits of a detector fingerprint in the workspace store, newest first."""

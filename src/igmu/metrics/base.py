@@ -59,6 +59,32 @@ class Context(Protocol):
     def audits(self, fingerprint: str) -> list[dict[str, Any]]: ...
 
 
+def is_detector(provider: Any) -> bool:
+    return hasattr(provider, "verdict")
+
+
+NETWORK_BATCH = 8
+
+
+def provider_key(provider: Any) -> str:
+    """Names a network's stored outputs: its fingerprint and the fixed call shape."""
+    own = provider.model_fingerprint if is_detector(provider) else provider.fingerprint
+    return f"{own}|calls of {NETWORK_BATCH}"
+
+
+def in_fixed_calls(call: Any, *columns: list[Any]) -> list[Any]:
+    """``call(*columns)`` run on chunks of exactly NETWORK_BATCH items (the last one padded with
+    copies of its first item), results of the padding dropped; one result per item."""
+    count = len(columns[0])
+    results: list[Any] = []
+    for start in range(0, count, NETWORK_BATCH):
+        chunks = [list(column[start : start + NETWORK_BATCH]) for column in columns]
+        real = len(chunks[0])
+        padded = [chunk + [chunk[0]] * (NETWORK_BATCH - real) for chunk in chunks]
+        results.extend(list(call(*padded))[:real])
+    return results
+
+
 class Metric(Protocol):
     name: str
     aspect: str

@@ -23,6 +23,7 @@ from igmu.metrics.base import (
     make_result,
     metric_name,
     prompt_of,
+    provider_key,
     reference_pairs,
     requires,
 )
@@ -62,7 +63,7 @@ class Fid:
             samples = [
                 Sample(method, rec, float("nan"), {
                     "whole_set": True, "reference": ref.path, "reference_sha256": ctx.sha(ref),
-                    "features": self.backbone.fingerprint,
+                    "features": provider_key(self.backbone),
                 })
                 for ref, rec in pairs
             ]

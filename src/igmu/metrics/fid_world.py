@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from igmu.core.images import pixels_sha256
-from igmu.metrics.base import METRICS, ImageNeed, MetricResult, Sample, requires
+from igmu.metrics.base import (
+    METRICS,
+    ImageNeed,
+    MetricResult,
+    Sample,
+    in_fixed_calls,
+    provider_key,
+    requires,
+)
 from igmu.metrics.fid import frechet_result
 from igmu.worlds import world_of
 
@@ -48,7 +56,7 @@ class FidWorld:
         wanted = sorted({(r.prompt, r.key.seed) for recs in per_method.values() for r in recs})
         if wanted:
             images = self.world.true_images([p for p, _ in wanted], [s for _, s in wanted])
-            features = self.backbone.image_embeddings(images)
+            features = in_fixed_calls(self.backbone.image_embeddings, images)
             truth = dict(zip(wanted, features, strict=True))
             keys = {w: pixels_sha256(image) for w, image in zip(wanted, images, strict=True)}
             ctx.remember_features(self.backbone, {keys[w]: truth[w] for w in wanted})
@@ -62,7 +70,7 @@ class FidWorld:
                 Sample(method, r, float("nan"), {
                     "whole_set": True, "reference": "world",
                     "reference_sha256": keys[(r.prompt, r.key.seed)],
-                    "features": self.backbone.fingerprint,
+                    "features": provider_key(self.backbone),
                 })
                 for r in records
             ]

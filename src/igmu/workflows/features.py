@@ -1,8 +1,9 @@
 """Frozen CLIP image features for a DataIGM folder, computed once per (backbone, image).
 
-Cached in the workspace store's ``features`` table under the backbone's fingerprint and the
-image's sha256: the same key ``igmu evaluate`` uses, so training, auditing and evaluating share
-one cache.
+Cached in the workspace store's ``features`` table under the backbone's key (`provider_key`:
+fingerprint and fixed call shape) and the image's sha256, computed in the same fixed-shape
+calls as ``igmu evaluate``: the same key and the same floats, so training, auditing and
+evaluating share one cache.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from igmu.core.errors import ConfigError
+from igmu.metrics.base import in_fixed_calls, provider_key
 
 
 def clip_features(
@@ -30,7 +32,8 @@ def clip_features(
     store = Store(store_path)
     try:
         shas = [r["sha256"] for r in rows]
-        found = store.get_features(backbone.fingerprint, shas)
+        key = provider_key(backbone)
+        found = store.get_features(key, shas)
         missing = [r for r in dict.fromkeys(shas) if r not in found]
         todo = {r["sha256"]: r for r in rows if r["sha256"] in set(missing)}
         items = list(todo.values())
@@ -41,9 +44,9 @@ def clip_features(
             for row, image in zip(chunk, decoded, strict=True):
                 if image.sha256 != row["sha256"]:
                     raise ConfigError(f"{row['abs']}: file does not match its manifest sha256")
-            vectors = backbone.image_embeddings([d.pixels for d in decoded])
+            vectors = in_fixed_calls(backbone.image_embeddings, [d.pixels for d in decoded])
             new = {r["sha256"]: v for r, v in zip(chunk, vectors, strict=True)}
-            store.put_features(backbone.fingerprint, new)
+            store.put_features(key, new)
             found.update(new)
             bar.update(len(chunk))
         bar.close()
