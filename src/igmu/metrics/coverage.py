@@ -46,11 +46,12 @@ def rate_coverage(
 
 def mean_coverage(
     prompts: int, seeds: int, runs: int, strata: int | None = None, skewed: bool = False,
-    seed: int = 0,
+    seed: int = 0, domain: tuple[float, float] | None = None,
 ) -> float:
     """Share of runs whose mean interval contains the true mean: a prompt effect plus image
     noise (sd 1 each; log-normal with sd 0.5 each when ``skewed``), classes = prompt mod
-    ``strata`` (the estimate is then the mean of class means, whose truth is the same)."""
+    ``strata`` (the estimate is then the mean of class means, whose truth is the same);
+    ``domain``: the interval cut to it first, as a bounded metric's is."""
     rng = np.random.default_rng([seed, prompts, seeds, strata or 0, int(skewed)])
     clusters = np.repeat(np.arange(prompts), seeds)
     groups = None if strata is None else np.repeat(np.arange(prompts) % strata, seeds)
@@ -61,5 +62,6 @@ def mean_coverage(
         draws = rng.normal(0, scale, prompts)[:, None] + rng.normal(0, scale, (prompts, seeds))
         values = np.exp(draws).ravel() if skewed else draws.ravel()
         _, low, high = C.cluster_mean_interval(values, clusters, groups)
+        low, high = C.within_domain(low, high, domain)
         hits += low <= truth <= high
     return hits / runs
