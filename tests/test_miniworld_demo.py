@@ -76,6 +76,33 @@ def test_demo_ground_truth(demo) -> None:
         assert value(rows, task, "RETRAIN", RESIDUAL[task]) <= 0.2, task
 
 
+DOMAINS = {"lpips": (0.0, float("inf")), "csdr": (0.0, float("inf")),
+           "clip_score": (0.0, 100.0), "fid": (0.0, float("inf")), "fid_world": (0.0, float("inf"))}
+
+
+def domain_of(metric: str) -> tuple[float, float] | None:
+    base = metric.split(".", 1)[0]
+    if "rate" in base or base == "prompt_accuracy":
+        return (0.0, 1.0)
+    return DOMAINS.get(base)
+
+
+def test_demo_intervals_lie_in_their_metrics_domain(demo) -> None:
+    """Rates in [0, 1], LPIPS, CSDR and FID >= 0, CLIP score in [0, 100]: every bound of every
+    interval in the demo's metrics.csv (before, UCE's lpips on mini_object began at -0.089)."""
+    rows = read_csv(demo[0] / "metrics.csv")
+    checked = 0
+    for row in rows:
+        domain = domain_of(row["metric"])
+        if domain is None or row["aspect"] == "efficiency":
+            continue
+        for key in ("value", "ci_low", "ci_high"):
+            if row[key] not in ("", "nan"):
+                assert domain[0] <= float(row[key]) <= domain[1], (row, key)
+                checked += 1
+    assert checked > 300
+
+
 def test_demo_attacks_every_method_and_retrain_resists(demo) -> None:
     """Robustness by attack on the first 4 forget prompts: pre- and post-attack rates side by
     side, prompts as the unit; the attacks keep the concept wherever the model draws it (ORG,
