@@ -442,11 +442,20 @@ def test_evaluate_unknown_name_suggests(
     value: str,
     typo: str,
     suggestion: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """...and before any network is built (nudenet, named first, is not loaded)."""
+    from igmu.evaluation.providers import Providers
+
+    built: list[str] = []
+    real_once = Providers._once
+    monkeypatch.setattr(Providers, "_once", lambda self, key, build: (
+        built.append(key), real_once(self, key, build))[1])
     args = evaluate_args(church_demo, tmp_path / "run", "--models", tiny_models, option, value)
     err = cli_fails(capsys, *args)
     assert repr(typo) in err
     assert f"Did you mean {suggestion!r}" in err
+    assert built == []
 
 
 def test_evaluate_unknown_reference_method_lists_methods(

@@ -22,6 +22,7 @@ from igmu.core.errors import ConfigError
 from igmu.core.records import Aggregate, ImageRecord, MetricResult, Sample
 from igmu.core.threads import chosen_threads
 from igmu.core.timings import Timings
+from igmu.detectors.base import DETECTORS
 from igmu.evaluation.efficiency import efficiency
 from igmu.evaluation.executor import Executor, text_key
 from igmu.evaluation.exports import write_exports
@@ -118,6 +119,8 @@ def build_metrics(
     building them builds the networks they need, after every metric asked for by name was
     checked to apply (`refuse_inapplicable`)."""
     metric_names = select_metrics(task, options.metrics)
+    for spec in providers.detector_names:  # an unknown name, with did-you-mean, before any build
+        DETECTORS.get(spec.partition(":")[0])
     if options.metrics is not None:
         refuse_inapplicable(task, metric_names, paired, providers)
     metrics, not_computed = [], []
