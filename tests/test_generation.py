@@ -326,7 +326,7 @@ def test_thread_count_joins_the_key_so_a_resume_never_mixes(
         clean = run(tmp_path / "clean2", sd_models, batch_size=1)
     finally:
         torch.set_num_threads(1)
-    assert (resumed.generated, resumed.cached) == (14, 0)
+    assert (resumed.generated, resumed.cached) == (14, 0) and clean.generated == 14
     two = read_rows(out / "manifest.jsonl")
     assert {r["generator"] for r in one}.isdisjoint({r["generator"] for r in two})
     assert {r["key"] for r in one}.isdisjoint({r["key"] for r in two})
