@@ -17,6 +17,7 @@ from igmu.cli.options import (
 )
 from igmu.core.errors import ConfigError, IGMUError
 from igmu.core.files import check_writable
+from igmu.core.threads import threads_restored
 
 DESCRIPTION = (
     "Attack an unlearned model: for each of the first K forget prompts of a task, search an "
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        with threads_restored():
+            return run(args)
     except IGMUError as exc:
         print(f"igmu: error: {exc}", file=sys.stderr)
         return exc.exit_code

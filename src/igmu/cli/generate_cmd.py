@@ -14,6 +14,7 @@ from igmu.cli.options import (
 )
 from igmu.core.errors import IGMUError
 from igmu.core.files import check_writable
+from igmu.core.threads import threads_restored
 
 # spelled here to keep `igmu --help` free of torch imports; checked against the engine's in tests
 DEFAULT_BATCH_SIZE = 8
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        with threads_restored():
+            return run(args)
     except IGMUError as exc:
         print(f"igmu: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -23,6 +23,7 @@ from igmu.cli import (
     unlearn_cmd,
 )
 from igmu.core.errors import IGMUError
+from igmu.core.threads import threads_restored
 
 CONTENT_NOTE = (
     "Content warning: tasks such as 'nudity' involve sexual content; reports blur such images."
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with threads_restored():
+            return int(args.handler(args) or 0)
     except IGMUError as exc:
         close_progress_bars()
         print(f"igmu: error: {exc}", file=sys.stderr)

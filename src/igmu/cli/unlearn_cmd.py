@@ -10,6 +10,7 @@ from typing import Any
 from igmu.cli.options import add_threads, apply_threads
 from igmu.core.errors import ConfigError, IGMUError
 from igmu.core.files import check_writable
+from igmu.core.threads import threads_restored
 
 EPILOG = """examples:
   igmu unlearn --method UCE --task church --base models/sd14 --out models/church-UCE
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     register(commands)
     args = parser.parse_args(["unlearn", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return int(args.handler(args) or 0)
+        with threads_restored():
+            return int(args.handler(args) or 0)
     except IGMUError as exc:
         print(f"igmu: error: {exc}", file=sys.stderr)
         return exc.exit_code

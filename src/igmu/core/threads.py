@@ -10,8 +10,10 @@ the environment OpenMP/MKL/BLAS and onnxruntime sessions igmu creates, all use t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _CHOSEN: int | None = None
@@ -42,3 +44,28 @@ def set_threads(threads: int | None = None) -> int:
 def chosen_threads() -> int | None:
     """The number set by `set_threads` in this process, if any (recorded with runs)."""
     return _CHOSEN
+
+
+@contextlib.contextmanager
+def threads_restored() -> Iterator[None]:
+    """Put the process's thread settings back after a command run in-process (a test or a
+    notebook calling ``igmu.cli.main.main``), so one command's ``--threads`` (or its default)
+    does not leak into the next computation, whose image keys name the thread count."""
+    global _CHOSEN
+    env = {name: os.environ.get(name) for name in ENV_VARS}
+    chosen = _CHOSEN
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _CHOSEN = chosen
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            default = int(env["OMP_NUM_THREADS"]) if env["OMP_NUM_THREADS"] else usable_cores()
+            torch.set_num_threads(before if before is not None else default)
