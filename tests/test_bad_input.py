@@ -317,6 +317,23 @@ def test_evaluate_corrupt_image_names_the_file(
     assert not (tmp_path / "run" / "run.json").exists()
 
 
+def test_failed_rerun_does_not_leave_the_previous_run_looking_finished(
+    capsys: pytest.CaptureFixture[str], tiny_models: Path, church_demo: Path, tmp_path: Path
+) -> None:
+    """A finished run, then a rerun into the same folder that fails while scoring (an image
+    corrupted since): the folder no longer holds run.json, the mark of a finished run, so
+    neither `igmu report` nor a reader takes the old files for this run's."""
+    out = tmp_path / "run"
+    args = evaluate_args(church_demo, out, "--models", tiny_models, "--metrics", "residual_rate")
+    code, _, err = cli(capsys, *args)
+    assert code == 0 and (out / "run.json").is_file(), err
+    culprit = church_demo / "forgot" / "ESD" / "0_0_3.png"
+    culprit.write_bytes(culprit.read_bytes()[:100])
+    err = cli_fails(capsys, *args[:-2], "--metrics", "residual_rate,lpips")
+    assert str(culprit) in err
+    assert not (out / "run.json").exists()
+
+
 def test_evaluate_missing_key_is_listed_then_allowed(
     capsys: pytest.CaptureFixture[str], tiny_models: Path, church_demo: Path, tmp_path: Path
 ) -> None:
@@ -699,6 +716,18 @@ def test_output_folder_that_cannot_be_written_is_refused_before_any_work(
     assert f"--out {readonly / 'out'}: cannot create it, {readonly} is not writable" in err
     assert list(readonly.iterdir()) == []
     assert sorted(tmp_path.iterdir()) == sorted([blocker, readonly])
+
+
+def test_output_on_a_nearly_full_disk_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=10 * 2**20))
+    err = cli_fails(capsys, *OUTPUT_COMMANDS["generate"], tmp_path / "out")
+    assert f"--out {tmp_path / 'out'}: only 10 MB free on its disk" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_refuses_a_store_it_cannot_write_before_scoring(

@@ -121,11 +121,26 @@ def read_jsonl(path: Path, what: str = "JSONL file") -> Iterator[tuple[str, dict
         yield where, row
 
 
+# Below this, a run would stop on a full disk within its first images or its store's journal.
+MIN_FREE_BYTES = 64 * 1024 * 1024
+
+
+def _check_free_space(path: str | Path, shown: Path, what: str) -> None:
+    import shutil
+
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"{what} {shown}: only {free / 2**20:.0f} MB free on its disk; igmu needs at least "
+            f"{MIN_FREE_BYTES // 2**20} MB to start (free some space or write elsewhere)"
+        )
+
+
 def check_writable(path: str | Path, what: str, folder: bool = True) -> Path:
     """Refuse, before any work, an output ``path`` igmu could not write: a file where a folder
-    must be (the path or one of its parents), or a folder without write permission or on a
-    read-only file system. ``folder=False``: ``path`` is a file (a store) to create or update.
-    Creates nothing; returns the path."""
+    must be (the path or one of its parents), a folder without write permission or on a
+    read-only file system, or a disk with less than ``MIN_FREE_BYTES`` free. ``folder=False``:
+    ``path`` is a file (a store) to create or update. Creates nothing; returns the path."""
     path = Path(path)
     if path.exists():
         if folder and not path.is_dir():
@@ -135,6 +150,7 @@ def check_writable(path: str | Path, what: str, folder: bool = True) -> Path:
         if not os.access(path if folder else path.parent, os.W_OK | os.X_OK) or (
                 not folder and not os.access(path, os.W_OK)):
             raise ConfigError(f"{what} {path}: not writable (permissions or a read-only disk)")
+        _check_free_space(path if folder else path.parent, path, what)
         return path
     for parent in path.parents:
         if parent.exists():
@@ -145,6 +161,7 @@ def check_writable(path: str | Path, what: str, folder: bool = True) -> Path:
                     f"{what} {path}: cannot create it, {parent} is not writable "
                     "(permissions or a read-only disk)"
                 )
+            _check_free_space(parent, path, what)
             break
     return path
 

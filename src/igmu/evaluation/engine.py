@@ -15,7 +15,7 @@ from igmu.core.files import sole_writer
 from igmu.core.records import Aggregate, ImageRecord
 from igmu.core.timings import Timings
 from igmu.dataset.layouts import read_igmu_layout, read_manifest
-from igmu.evaluation.exports import write_exports
+from igmu.evaluation.exports import mark_unfinished, write_exports
 from igmu.evaluation.image_sizes import check_sizes
 from igmu.evaluation.pairing import pair_images
 from igmu.evaluation.rerun import installed_versions, request_key
@@ -141,6 +141,7 @@ def _evaluate(
                                     stored["left_out"], 0, timings)
         from igmu.evaluation.scoring import score
 
+        mark_unfinished(run_dir)
         run_id, aggregates, decoded, extra = score(
             task, paired, run_dir, models, options, store, timings, packages, odd_sizes
         )

@@ -37,6 +37,17 @@ def method_order(methods: list[str], reference: str) -> list[str]:
     return [reference] * (reference in methods) + sorted(m for m in methods if m != reference)
 
 
+RUN_FILE = "run.json"
+
+
+def mark_unfinished(run_dir: Path) -> None:
+    """A run folder is a finished run exactly when it holds run.json, written last: a new run
+    into the folder removes the previous one's first, so a run that fails or is killed midway
+    never leaves a folder that looks finished (nor the previous run's run.json beside this
+    run's metrics.csv)."""
+    (run_dir / RUN_FILE).unlink(missing_ok=True)
+
+
 def write_exports(
     run_dir: Path,
     task: Task,
@@ -49,6 +60,7 @@ def write_exports(
 ) -> None:
     """``extra``: what the run learnt besides scores (metrics the task's defaults could not
     compute and why, metric notes, the judge audits used); in run.json, not in the run id."""
+    mark_unfinished(run_dir)
     aggregates = store.aggregates(run_id)
     order = method_order(sorted({a.method for a in aggregates}), spec["reference_method"])
     aggregates.sort(
@@ -86,4 +98,4 @@ def write_exports(
         "catigmu": {"node": task.node, "kind": task.kind, "guidance": task.guidance},
         **(extra or {}),
     }
-    write_atomic(run_dir / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str))
+    write_atomic(run_dir / RUN_FILE, json.dumps(run, indent=2, sort_keys=True, default=str))
