@@ -349,12 +349,14 @@ def test_scores_do_not_depend_on_batch_size_or_cache_history(tmp_path: Path) -> 
             if json.loads(line)["method"] == "ORG"]
     org_only.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
-    def evaluate(images: Path, out: Path, batch: str) -> bytes:
+    def evaluate(images: Path, out: Path, batch: str, threads: str = "1") -> bytes:
         run_cli("evaluate", "--task", "mini_object", "--images", images, "--out", out,
-                "--batch-size", batch, "--quiet", "--threads", "1")
+                "--batch-size", batch, "--quiet", "--threads", threads)
         return (out / "metrics.csv").read_bytes()
 
     first = evaluate(gen / "manifest.jsonl", tmp_path / "a" / "run", "16")
     assert evaluate(gen / "manifest.jsonl", tmp_path / "b" / "run", "3") == first
     evaluate(org_only, tmp_path / "c" / "warm", "16")
     assert evaluate(gen / "manifest.jsonl", tmp_path / "c" / "run", "5") == first
+    # the same images scored with 2 threads: the MiniWorld's networks give the same floats
+    assert evaluate(gen / "manifest.jsonl", tmp_path / "d" / "run", "16", "2") == first
