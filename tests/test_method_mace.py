@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import yaml
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -30,7 +28,14 @@ from igmu.methods.mace import (  # noqa: E402
 )
 from igmu.methods.pipeline import load_pipeline  # noqa: E402
 from igmu.tasks import load_task  # noqa: E402
-from igmu.testing.method_checks import load_method, sample  # noqa: E402
+from igmu.testing.method_checks import (  # noqa: E402
+    is_xattn_kv,
+    load_method,
+    module_state,
+    same_images,
+    sample,
+    save_tiny_base,
+)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -42,38 +47,16 @@ FAST = {"progress": False, "latent_size": 8, "steps": 3, "lr": 1e-2, "images": 2
 PROMPTS = ["a church in the snow", "a red apple on a table"]
 
 
-def tiny_base(root: Path, make) -> dict:
-    pipeline = make(tokenizer_dir=root / "tokenizer_files")
-    pipeline.save_pretrained(str(root / "base"), safe_serialization=True)
-    models = root / "models.yaml"
-    models.write_text(yaml.safe_dump({"generator": {
-        "model": str(root / "base"), "steps": 2, "height": 32, "width": 32}}))
-    return {"base": root / "base", "models": models, "tokenizer": pipeline.tokenizer}
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from igmu.testing.tiny import make_tiny_sd_pipeline
 
-    return tiny_base(tmp_path_factory.mktemp("mace"), make_tiny_sd_pipeline)
+    return save_tiny_base(tmp_path_factory.mktemp("mace"), make_tiny_sd_pipeline)
 
 
 @pytest.fixture(scope="module")
 def church():
     return load_task("church")
-
-
-def module_state(module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def is_xattn_kv(name: str) -> bool:
-    parts = name.split(".")
-    return "attn2" in parts and parts[parts.index("attn2") + 1] in ("to_k", "to_v")
-
-
-def same_images(a: list, b: list) -> bool:
-    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_mace_on_tiny_sd(tiny, church, tmp_path) -> None:
@@ -212,7 +195,7 @@ def test_mace_on_tiny_sdxl(tmp_path_factory, church, tmp_path) -> None:
     embedding and size ids: the authors ship no SDXL code, the algorithm needs none."""
     from igmu.testing.tiny import make_tiny_sdxl_pipeline
 
-    xl = tiny_base(tmp_path_factory.mktemp("mace_xl"), make_tiny_sdxl_pipeline)
+    xl = save_tiny_base(tmp_path_factory.mktemp("mace_xl"), make_tiny_sdxl_pipeline)
     method = get_method("MACE")
     card = method.apply(str(xl["base"]), church, FAST, tmp_path / "out").card
     assert card["pipeline_folder"] is True and len(card["stats"]["concepts"]) == 2

@@ -11,7 +11,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -32,7 +31,7 @@ from igmu.methods.spm import (  # noqa: E402
     surrogate_anchors,
 )
 from igmu.tasks import load_task  # noqa: E402
-from igmu.testing.method_checks import load_method, sample  # noqa: E402
+from igmu.testing.method_checks import load_method, module_state, same_images, sample  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -67,14 +66,6 @@ def tiny_xl(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def church():
     return load_task("church")
-
-
-def module_state(module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def same_images(a: list, b: list) -> bool:
-    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def check_loads_back(tiny: dict, church, out: Path, pipeline) -> None:

@@ -23,7 +23,7 @@ from igmu.core.errors import ConfigError  # noqa: E402
 from igmu.methods import METHODS, get_method  # noqa: E402
 from igmu.methods.pipeline import load_pipeline  # noqa: E402
 from igmu.tasks import load_task  # noqa: E402
-from igmu.testing.method_checks import load_method, sample  # noqa: E402
+from igmu.testing.method_checks import load_method, module_state, sample  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -76,10 +76,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def church():
     return load_task("church")
-
-
-def module_state(module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def changed(before: dict, after: dict) -> set[str]:

@@ -109,3 +109,31 @@ def training_rates(model: Any, task: Any, count: int = 16, steps: int = 8
         drawn = detector.verdict(raw).details["drawn"]
         right.append(all(drawn.get(h) == want for h, want in asked.items()))
     return {"erase_residual": float(np.mean(flags)), "preserve_accuracy": float(np.mean(right))}
+
+
+def save_tiny_base(root: Path, make: Any) -> dict[str, Any]:
+    """A tiny pipeline (``make(tokenizer_dir=...)``) saved as ``root/base`` with a models file
+    that generates 32 px images in 2 steps: {"base", "models", "tokenizer"}."""
+    import yaml
+
+    pipeline = make(tokenizer_dir=root / "tokenizer_files")
+    pipeline.save_pretrained(str(root / "base"), safe_serialization=True)
+    models = root / "models.yaml"
+    models.write_text(yaml.safe_dump({"generator": {
+        "model": str(root / "base"), "steps": 2, "height": 32, "width": 32}}))
+    return {"base": root / "base", "models": models, "tokenizer": pipeline.tokenizer}
+
+
+def module_state(module: Any) -> dict[str, Any]:
+    """A detached copy of every tensor of a torch module (to compare before and after)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def is_xattn_kv(name: str) -> bool:
+    """A parameter of a cross-attention key or value projection (``attn2.to_k/to_v``)."""
+    parts = name.split(".")
+    return "attn2" in parts and parts[parts.index("attn2") + 1] in ("to_k", "to_v")
+
+
+def same_images(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
